@@ -1,0 +1,3 @@
+from realuid.cli import entry
+
+entry()

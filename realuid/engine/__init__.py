@@ -1,0 +1,1 @@
+"""The engine: one trainer loop, EMA, checkpoints, reporting and the run folder."""

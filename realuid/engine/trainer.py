@@ -1,0 +1,450 @@
+"""The inverse-distillation trainer: one loop for every objective, path, network and data source.
+
+Each step (DESIGN §2, paper Algorithm 1):
+
+1. ``fake_steps`` times: draw a batch (real ``x0*`` if needed, coupling ``x1``,
+   ``z``, ``t``), make ``x0 = G(z)`` without gradients, and minimise the
+   objective's fake loss over the fake model f;
+2. once: draw a fresh batch with gradients through ``x0 = G(z)`` and minimise
+   the objective's generator loss over theta with f frozen;
+3. update the generator's EMA, step the lr schedules, evaluate and checkpoint
+   on their intervals.
+
+Randomness comes from three streams, each saved in checkpoints so that a
+resumed run continues bit for bit: the training generator (z, t, x1), the
+data source's own generator, and the global torch RNG (dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from realuid.couplings import Coupling, IndependentGaussian
+from realuid.data.base import DataSource
+from realuid.engine.artifacts import image_grid_png, scatter_png
+from realuid.engine.checkpoint import atomic_write_bytes, latest_good, load_checkpoint, save_checkpoint
+from realuid.engine.ema import EMA
+from realuid.engine.reporting import MetricsLog, progress_bar
+from realuid.engine.schedules import lr_factor
+from realuid.errors import UserError, check, check_range
+from realuid.fields import NetworkField
+from realuid.metrics.base import Metric
+from realuid.objectives import Fields, Objective
+from realuid.paths.base import MatchingPath, PathSample
+from realuid.registry import register
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but CUDA is not available", "DistillationTrainer.device",
+                        "bind DistillationTrainer.device = 'cpu' (or 'auto')")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class NonFiniteGuard:
+    """Counts steps whose loss or gradient is NaN/Inf; stops the run after ``limit`` in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, where: str) -> bool:
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise UserError(f"{self.in_a_row} {where} steps in a row had a non-finite loss or gradient; the run "
+                            "stopped and its last good checkpoint is kept", "training",
+                            "lower the learning rate, raise the warm-up or check the data, then --resume")
+        return False
+
+    def state_dict(self):
+        return {"total": self.total, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state):
+        self.total, self.in_a_row = state["total"], state["in_a_row"]
+
+
+@register("trainer")
+class DistillationTrainer:
+    """One-step inverse distillation: K fake-model steps, then one generator step (UID, RealUID, SiD, ...).
+
+    Args:
+        data: real data source (also the generator's shape and labels).
+        path: the matching path of teacher and fake model.
+        teacher: frozen field f* (an ``AnalyticTeacher`` or a trained one).
+        generator: the one-step generator.
+        fake: backbone of the fake model f, read in ``parameterization``.
+        objective: fake and generator losses (``RealUID``, ...).
+        coupling: how x1 is drawn (default ``IndependentGaussian``).
+        metrics: evaluated on ``eval_samples`` samples of the EMA generator every ``eval_every`` steps.
+        parameterization: the field space the objective works in.
+        steps: generator steps; each is preceded by ``fake_steps`` fake-model steps (paper: K = 5).
+        lr_generator, lr_fake, betas: Adam settings (paper: betas (0, 0.999)).
+        warmup_steps, lr_decay, lr_final: schedule (linear warm-up, then constant/cosine/linear decay).
+        grad_clip: max gradient norm per update (0 disables).
+        ema_decay: EMA of the generator's weights.
+        generator_init, fake_init: "scratch" or "teacher" (copy the teacher network's weights).
+        generator_checkpoint: a run folder (or checkpoint file) whose EMA generator starts this run:
+            a second stage such as RealUID fine-tuning (DESIGN §3).
+        eval_every, eval_samples, checkpoint_every, keep_checkpoints: reporting intervals and sizes.
+        max_bad_steps: stop after this many non-finite steps in a row.
+        device: "auto", "cpu" or "cuda[:i]". dtype: "float32" or "float64".
+    """
+
+    def __init__(self, data: DataSource, path: MatchingPath, teacher: nn.Module, generator: nn.Module,
+                 fake: nn.Module, objective: Objective, out_dir: str | Path, seed: int = 0,
+                 coupling: Coupling | None = None, metrics: tuple[Metric, ...] = (),
+                 parameterization: str = "velocity", steps: int = 2000, batch_size: int = 512,
+                 fake_steps: int = 5, lr_generator: float = 2e-3, lr_fake: float = 2e-3,
+                 betas: tuple[float, float] = (0.0, 0.999), warmup_steps: int = 200, lr_decay: str = "cosine",
+                 lr_final: float = 0.05, grad_clip: float = 1.0, ema_decay: float = 0.999,
+                 generator_init: str = "scratch", fake_init: str = "scratch",
+                 generator_checkpoint: str | None = None, eval_every: int = 500,
+                 eval_samples: int = 5000, checkpoint_every: int = 1000, keep_checkpoints: int = 2,
+                 max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32", progress: bool = True):
+        where = "DistillationTrainer"
+        for name, value in (("steps", steps), ("batch_size", batch_size), ("fake_steps", fake_steps),
+                            ("eval_every", eval_every), ("eval_samples", eval_samples),
+                            ("checkpoint_every", checkpoint_every), ("max_bad_steps", max_bad_steps)):
+            check(isinstance(value, int) and value >= 1, f"{where}.{name} must be a positive integer, got {value!r}",
+                  where, f"bind {where}.{name} to an integer >= 1")
+        check_range(lr_generator, f"{where}.lr_generator", 0.0, low_open=True)
+        check_range(lr_fake, f"{where}.lr_fake", 0.0, low_open=True)
+        check_range(ema_decay, f"{where}.ema_decay", 0.0, 1.0, high_open=True)
+        check(dtype in DTYPES, f"unknown dtype {dtype!r}", f"{where}.dtype", f"use one of {list(DTYPES)}")
+        for name, value in (("generator_init", generator_init), ("fake_init", fake_init)):
+            check(value in ("scratch", "teacher"), f"{where}.{name} = {value!r} is not 'scratch' or 'teacher'",
+                  where, f"bind {where}.{name} = 'scratch' or 'teacher'")
+        path.check_parameterization(parameterization, f"{where}.parameterization")
+
+        self.out_dir = Path(out_dir)
+        self.seed, self.steps, self.batch_size, self.fake_steps = seed, steps, batch_size, fake_steps
+        self.eval_every, self.eval_samples = eval_every, eval_samples
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
+        self.grad_clip, self.show_progress = grad_clip, progress
+        self.device, self.dtype = resolve_device(device), DTYPES[dtype]
+        self.data, self.path, self.objective = data, path, objective
+        self.coupling = coupling if coupling is not None else IndependentGaussian()
+        self.metrics = [m.bind(data) for m in metrics]
+        self.shape = tuple(data.shape)
+
+        teacher = teacher.bind(path, data, parameterization) if hasattr(teacher, "bind") else teacher
+        self.teacher = teacher.to(self.device, self.dtype).requires_grad_(False).eval()
+        self.generator = generator.bind(path).to(self.device, self.dtype)
+        self.fake = NetworkField(fake, path, parameterization).to(self.device, self.dtype)
+        self._initialise_from_teacher(generator_init, fake_init)
+        if generator_checkpoint is not None:
+            self._initialise_from_run(generator_checkpoint)
+        self.fields = Fields(self.teacher, self.fake, path, parameterization)
+        self._check_shapes()
+        self.objective_modules = nn.ModuleList(objective.trainable_modules()).to(self.device, self.dtype)
+
+        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=lr_generator, betas=tuple(betas))
+        self.opt_fake = torch.optim.Adam(self._fake_side_parameters(), lr=lr_fake, betas=tuple(betas))
+        factor = lambda step: lr_factor(step, steps, warmup_steps, lr_decay, lr_final)  # noqa: E731
+        self.sched_generator = torch.optim.lr_scheduler.LambdaLR(self.opt_generator, factor)
+        self.sched_fake = torch.optim.lr_scheduler.LambdaLR(self.opt_fake, factor)
+        self.ema = EMA(self.generator, ema_decay)
+        self.guard = NonFiniteGuard(max_bad_steps)
+
+        self.data.seed(seed + 1)
+        self.rng = torch.Generator(self.device).manual_seed(seed + 2)
+        self.step, self.wall_time = 0, 0.0
+        self.running: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.last_samples: torch.Tensor | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _initialise_from_teacher(self, generator_init: str, fake_init: str) -> None:
+        network = getattr(self.teacher, "network", None)
+        for role, init, target in (("generator", generator_init, self.generator.network),
+                                   ("fake", fake_init, self.fake.network)):
+            if init != "teacher":
+                continue
+            if not isinstance(network, nn.Module):
+                raise UserError(f"{type(self.teacher).__name__} has no network to copy into the {role}",
+                                f"DistillationTrainer.{role}_init", f"bind DistillationTrainer.{role}_init = 'scratch'")
+            try:
+                target.load_state_dict(network.state_dict())
+            except RuntimeError as err:
+                raise UserError(f"the teacher's network does not fit the {role}'s ({str(err).splitlines()[0]})",
+                                f"DistillationTrainer.{role}_init", f"give the {role} the teacher's architecture") from None
+
+    def _initialise_from_run(self, source: str) -> None:
+        """Load the EMA generator of an earlier run (folder or checkpoint file) into the generator."""
+        where = "DistillationTrainer.generator_checkpoint"
+        source = Path(source)
+        if source.is_dir():
+            found = latest_good(source / "checkpoints", map_location=self.device)
+            if found is None:
+                raise UserError(f"the run folder {source} has no usable checkpoint", where,
+                                "point it at a run that reached its first checkpoint")
+            state = found[1]
+        elif source.is_file():
+            state = load_checkpoint(source, map_location=self.device)
+        else:
+            raise UserError(f"{source} is neither a run folder nor a checkpoint file", where,
+                            "give the folder of the first stage's run, e.g. runs/realuid_fm_gmm-...")
+        weights = {k.removeprefix("model."): v for k, v in state["ema"].items() if k.startswith("model.")}
+        try:
+            self.generator.load_state_dict(weights)
+        except RuntimeError as err:
+            raise UserError(f"the checkpoint's generator does not fit this recipe's ({str(err).splitlines()[0]})",
+                            where, "use the first stage's generator architecture") from None
+
+    def _fake_side_parameters(self) -> list[nn.Parameter]:
+        return list(self.fake.parameters()) + list(self.objective_modules.parameters())
+
+    def _check_shapes(self) -> None:
+        """One dry forward of every model on zeros: a shape mismatch names both shapes."""
+        n = 2
+        x = torch.zeros(n, *self.shape, device=self.device, dtype=self.dtype)
+        t = torch.full((n,), 0.5 * (getattr(self.path, "t_min", 0.0) + getattr(self.path, "t_max", 1.0)),
+                       device=self.device, dtype=self.dtype)
+        cond = torch.zeros(n, dtype=torch.long, device=self.device) if self.data.num_classes else None
+        if self.path.x1_is_condition:
+            cond = x
+        with torch.no_grad(), default_dtype(self.dtype):
+            for name, fn in (("generator", lambda: self.generator(x, cond)),
+                             ("teacher", lambda: self.teacher(x, t, cond)),
+                             ("fake model", lambda: self.fake(x, t, cond))):
+                try:
+                    out = fn()
+                except (RuntimeError, ValueError, IndexError) as err:
+                    raise UserError(f"the {name} cannot take data of shape {self.shape} "
+                                    f"({str(err).splitlines()[0][:200]})", f"DistillationTrainer.{name.split()[0]}",
+                                    "make the network's dimension match the data (e.g. MLP.dim)") from None
+                if tuple(out.shape[1:]) != self.shape:
+                    raise UserError(f"the {name} outputs samples of shape {tuple(out.shape[1:])} but the data has "
+                                    f"shape {self.shape}", f"DistillationTrainer.{name.split()[0]}",
+                                    "make the network's dimension match the data (e.g. MLP.dim)")
+
+    # -- one batch -----------------------------------------------------------------------------
+    def draw(self, with_grad: bool) -> tuple[PathSample, PathSample | None]:
+        """A generated path sample (and a real one sharing x1 and t, paper Algorithm 1)."""
+        n = self.batch_size
+        wants_real = self.objective.uses_real_data or self.coupling.needs_data or self.data.num_classes > 0
+        real = self.data.next_batch(n, self.device) if wants_real else None
+        if real is not None:
+            real.x = real.x.to(self.dtype)
+        coupled = self.coupling.sample(real, n, self.shape, self.rng, self.device)
+        z = torch.randn(n, *self.shape, generator=self.rng, device=self.device)
+        t = self.path.sample_t(n, self.rng, self.device)
+        noise = torch.randn(n, *self.shape, generator=self.rng, device=self.device) \
+            if self.path.needs_extra_noise else None
+        with torch.set_grad_enabled(with_grad):
+            x0 = self.generator(z, coupled.cond)
+        gen = self.path.interpolate(x0, coupled.x1, t, noise, coupled.cond)
+        real_sample = None
+        if self.objective.uses_real_data:
+            real_sample = self.path.interpolate(real.x, coupled.x1, t, noise, coupled.cond)
+        return gen, real_sample
+
+    def _update(self, loss, params, optimizer, where: str) -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self.guard.ok(loss, loss, where)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
+        if not self.guard.ok(loss, grad_norm, where):
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        optimizer.step()
+        return True
+
+    def fake_step(self) -> dict:
+        gen, real = self.draw(with_grad=False)
+        loss, logs = self.objective.fake_loss(self.fields, gen, real)
+        self._update(loss, self._fake_side_parameters(), self.opt_fake, "fake-model")
+        return {"fake_loss": loss.detach(), **logs}
+
+    def generator_step(self) -> dict:
+        self.fake.requires_grad_(False)
+        try:
+            gen, _ = self.draw(with_grad=True)
+            loss, logs = self.objective.generator_loss(self.fields, gen)
+            if self._update(loss, list(self.generator.parameters()), self.opt_generator, "generator"):
+                self.ema.update(self.generator)
+        finally:
+            self.fake.requires_grad_(True)
+        return {"generator_loss": loss.detach(), **logs}
+
+    def train_step(self) -> dict:
+        logs: dict = {}
+        for _ in range(self.fake_steps):
+            logs.update(self.fake_step())
+        logs.update(self.generator_step())
+        self.sched_fake.step()
+        self.sched_generator.step()
+        self.step += 1
+        return logs
+
+    # -- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:
+        """n samples of the (EMA) generator from fixed noise; class labels cycle 0..C-1.
+
+        Conditions drawn from data (a bridge's corrupted inputs) come from the
+        data source restarted at a fixed seed; its training position is restored after.
+        """
+        model = self.ema.model if use_ema else self.generator
+        seed = self.seed + 10_000 if seed is None else seed
+        rng = torch.Generator(self.device).manual_seed(seed)
+        needs_real = self.coupling.needs_data
+        if needs_real:
+            position = self.data.state_dict()
+            self.data.seed(seed)
+        out = []
+        try:
+            for start in range(0, n, 4 * self.batch_size):
+                m = min(4 * self.batch_size, n - start)
+                z = torch.randn(m, *self.shape, generator=rng, device=self.device, dtype=self.dtype)
+                real = self.data.next_batch(m, self.device) if needs_real else None
+                cond = self.coupling.sample(real, m, self.shape, rng, self.device).cond
+                if self.data.num_classes and not needs_real:
+                    cond = torch.arange(start, start + m, device=self.device) % self.data.num_classes
+                out.append(model(z, cond))
+        finally:
+            if needs_real:
+                self.data.load_state_dict(position)
+        return torch.cat(out)
+
+    def evaluate(self) -> dict:
+        with default_dtype(self.dtype):
+            samples = self.sample(self.eval_samples)
+        self.last_samples = samples
+        row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
+        row.update({k: s / max(c, 1) for k, (s, c) in self.running.items()})
+        row.update({"lr_generator": self.sched_generator.get_last_lr()[0], "bad_steps": self.guard.total})
+        for metric in self.metrics:
+            row.update(metric(samples))
+        self.running.clear()
+        self.log.append(row)
+        return row
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step, "wall_time": self.wall_time,
+            "generator": self.generator.state_dict(), "fake": self.fake.state_dict(), "ema": self.ema.state_dict(),
+            "objective": self.objective_modules.state_dict(),
+            "opt_generator": self.opt_generator.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+            "sched_generator": self.sched_generator.state_dict(), "sched_fake": self.sched_fake.state_dict(),
+            "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "data": self.data.state_dict(),
+            "guard": self.guard.state_dict(), "running": {k: list(v) for k, v in self.running.items()},
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.wall_time = int(state["step"]), float(state["wall_time"])
+        self.generator.load_state_dict(state["generator"])
+        self.fake.load_state_dict(state["fake"])
+        self.ema.load_state_dict(state["ema"])
+        self.objective_modules.load_state_dict(state["objective"])
+        self.opt_generator.load_state_dict(state["opt_generator"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        self.sched_generator.load_state_dict(state["sched_generator"])
+        self.sched_fake.load_state_dict(state["sched_fake"])
+        self.rng.set_state(state["rng"].cpu() if self.device.type == "cpu" else state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.data.load_state_dict(state["data"])
+        self.guard.load_state_dict(state["guard"])
+        self.running = defaultdict(lambda: [0.0, 0], {k: list(v) for k, v in state["running"].items()})
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict(), self.keep_checkpoints)
+
+    def resume(self) -> None:
+        found = latest_good(self.out_dir / "checkpoints", map_location=self.device)
+        if found is None:
+            raise UserError(f"no usable checkpoint in {self.out_dir / 'checkpoints'}", "--resume",
+                            "resume a run folder that has reached its first checkpoint, or start it afresh")
+        self.load_state_dict(found[1])
+        self.log.truncate_after(self.step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict | None:
+        if resume:
+            self.resume()
+        last_row = None
+        bar = progress_bar() if self.show_progress else contextlib.nullcontext()
+        with bar, default_dtype(self.dtype):
+            task = bar.add_task("distilling", total=self.steps, completed=self.step, rate="", status="") \
+                if self.show_progress else None
+            tick = time.perf_counter()
+            while self.step < self.steps:
+                logs = self.train_step()
+                for key, value in logs.items():
+                    acc = self.running[key]
+                    acc[0] += float(value)
+                    acc[1] += 1
+                now = time.perf_counter()
+                self.wall_time += now - tick
+                tick = now
+                if self.step % self.eval_every == 0 or self.step == self.steps:
+                    last_row = self.evaluate()
+                    tick = time.perf_counter()
+                if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                    self.save()
+                    tick = time.perf_counter()
+                if task is not None:
+                    bar.update(task, completed=self.step, rate=f"{self.step / max(self.wall_time, 1e-9):.1f} it/s",
+                               status=self._status(logs, last_row))
+        self.write_artifacts()
+        return last_row
+
+    @staticmethod
+    def _status(logs: dict, row: dict | None) -> str:
+        parts = [f"fake {float(logs['fake_loss']):.3g}", f"gen {float(logs['generator_loss']):.3g}"]
+        if "uid_gap" in logs:
+            parts.append(f"gap {float(logs['uid_gap']):.3g}")
+        if row is not None and "sw" in row:
+            parts.append(f"sw {row['sw']:.3f}")
+        return " ".join(parts)
+
+    def write_artifacts(self) -> None:
+        """Final samples: ``samples.npy`` (vector data) and a PNG of the samples."""
+        samples = self.last_samples if self.last_samples is not None else self.sample(self.eval_samples)
+        if self.data.is_image:
+            image_grid_png(samples[:64], self.out_dir / "samples.png")
+            return
+        buffer = _npy_bytes(samples.detach().cpu().numpy())
+        atomic_write_bytes(self.out_dir / "samples.npy", buffer)
+        if self.shape == (2,):
+            log_density = getattr(self.data, "log_prob", None)
+            scatter_png(samples, self.out_dir / "samples.png", log_density)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+

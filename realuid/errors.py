@@ -1,0 +1,55 @@
+"""User-facing errors.
+
+Every bad input a researcher can make (a recipe, a binding, a path on disk, a
+parameter out of range) raises :class:`UserError` with three parts: *what* is
+wrong, *where* it was found, and *how* to fix it. The CLI prints it as one
+paragraph and exits with code 2; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported without a traceback.
+
+    Args:
+        what: what is wrong, in one sentence.
+        where: the file, binding, component or argument where it was found.
+        fix: how to fix it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, what: str, where: str | None = None, fix: str | None = None):
+        self.what, self.where, self.fix = what, where, fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        parts = [self.what.rstrip(".") + "."]
+        if self.where:
+            parts.append(f"Where: {self.where}.")
+        if self.fix:
+            parts.append(f"Fix: {self.fix.rstrip('.')}.")
+        return " ".join(parts)
+
+
+def check(condition: bool, what: str, where: str | None = None, fix: str | None = None) -> None:
+    """Raise :class:`UserError` unless ``condition`` holds."""
+    if not condition:
+        raise UserError(what, where, fix)
+
+
+def check_range(value: float, name: str, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False, where: str | None = None) -> None:
+    """Check ``low <(=) value <(=) high`` and name the parameter and the rule if not."""
+    ok = True
+    if low is not None:
+        ok &= value > low if low_open else value >= low
+    if high is not None:
+        ok &= value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
+        hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
+        raise UserError(f"{name} = {value!r} breaks the rule {lo}{name}{hi}", where,
+                        f"bind {name} to a value with {lo}{name}{hi}")

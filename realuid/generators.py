@@ -1,0 +1,45 @@
+"""One-step generators x0 = G_theta(z, cond)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from realuid.paths.base import MatchingPath
+from realuid.registry import register
+
+
+@register("generator")
+class OneStepGenerator(nn.Module):
+    """x0 = G(z, cond): a backbone read at one time ``t_g`` of the path, converted to an x0 prediction.
+
+    ``G(z) = to_x0(network(z, t_g, cond))``: with ``parameterization = "x0"`` the
+    network's output is the sample itself; with the teacher's parameterisation
+    and ``t_g`` at the noise end it is one Euler step of the teacher's ODE,
+    e.g. for rectified flow ``G(z) = z - v(z, 1)`` (the paper's
+    ``G(z) = z + g_theta(z)``), so a generator warm-started from the teacher's
+    weights starts at the teacher's one-step sample (DESIGN §3).
+
+    Args:
+        network: the backbone (``forward(x, t, cond)``).
+        parameterization: how the network's output is read.
+        time: the path time t_g at which the network is evaluated; None takes the path's t_max.
+    """
+
+    def __init__(self, network: nn.Module, parameterization: str = "x0", time: float | None = None):
+        super().__init__()
+        self.network, self.parameterization, self.time = network, parameterization, time
+        self.path: MatchingPath | None = None
+
+    def bind(self, path: MatchingPath) -> "OneStepGenerator":
+        path.check_parameterization(self.parameterization, "OneStepGenerator.parameterization")
+        self.path = path
+        if self.time is None:
+            self.time = path.t_max
+        return self
+
+    def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
+        t = torch.full((z.shape[0],), float(self.time), dtype=z.dtype, device=z.device)
+        pred = self.path.apply_network(self.network, z, t, cond, self.parameterization)
+        x1 = cond if self.path.x1_is_condition else None
+        return self.path.to_x0(pred, self.parameterization, z, t, x1)
