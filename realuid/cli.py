@@ -26,11 +26,18 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show Python tracebac
 
 
 def fail(err: BaseException) -> None:
-    """Print a user error as one paragraph and exit 2 (with the traceback under --debug)."""
+    """Print a user error as one paragraph and exit 2, or the error's own ``exit_code`` (traceback under --debug).
+
+    Exit codes: 2 bad input (``UserError``), 3 training diverged (non-finite
+    losses, ``TrainingDiverged``), 130 / 143 stopped by SIGINT / SIGTERM after a
+    checkpoint (``RunInterrupted``). See docs/RELIABILITY.md.
+    """
+    from rich.markup import escape
+
     if _DEBUG["on"]:
         traceback.print_exception(err)
-    message = err.message if isinstance(err, UserError) else str(err)
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    message = getattr(err, "message", None) or str(err)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(getattr(err, "exit_code", 2))
 
 
@@ -39,14 +46,18 @@ def run(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe .gin file (omit with --resume)."),
     bind: list[str] = typer.Option([], "--bind", "-b", help="Extra gin binding 'Name.param = value' (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<recipe>-<time>)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random stream."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random stream (default 0; a resumed "
+                                       "run keeps its own)."),
     import_: list[str] = typer.Option([], "--import", help="Module or .py file registering extra components."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    smoke: bool = typer.Option(False, "--smoke", help="Add the smoke preset gin/smoke/smoke.gin (CPU, tiny "
+                               "networks, a few images and steps: checks a recipe end to end in seconds)."),
 ):
     """Run a recipe: distil (or train) and write the run folder."""
     from realuid.engine.runner import run as run_recipe
+    from realuid.engine.signals import RunInterrupted
 
     try:
         if resume is not None and out is not None and out != resume:
@@ -55,13 +66,26 @@ def run(
         if resume is None and recipe is None:
             raise UserError("no recipe given", "RECIPE argument", "e.g. `realuid run gin/realuid_fm_gmm.gin`")
         if resume is not None and not resume.is_dir():
-            raise UserError(f"the run folder {resume} does not exist", "--resume",
+            raise UserError(f"the run folder {resume} does not exist" if not resume.exists() else
+                            f"--resume {resume} is a file, not a run folder", "--resume",
                             "give the folder of a previous run (see runs/)")
+        if smoke:
+            from realuid.cli_images import smoke_bindings
+
+            bind = smoke_bindings(resume is not None) + list(bind)
         trainer = run_recipe(recipe, bind, import_, resume or out, seed, resume is not None, overwrite, progress)
     except UserError as err:
         fail(err)
+    except RunInterrupted as err:  # SIGINT/SIGTERM: a clean stop after a checkpoint, exit 128 + signal
+        from rich.markup import escape
+
+        errors.print(f"stopped: {escape(err.message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.exit_code)
+    except OSError as err:  # the disk, not the code: full, read-only, vanished
+        fail(UserError(f"a file operation failed: {err}", "the run folder or the data",
+                       "check free space and permissions, then continue with --resume (--debug shows where)"))
     except KeyboardInterrupt:
-        errors.print("interrupted: the last checkpoint is kept; continue with --resume")
+        errors.print("interrupted: the last checkpoint written is kept; continue with --resume")
         raise typer.Exit(130)
     rows = trainer.log.rows()
     if rows:
@@ -107,12 +131,19 @@ def show(name: str = typer.Argument(..., help="Component name, e.g. RealUID.")):
     console.print(inspect.getdoc(c.cls) or "", highlight=False)
 
 
+from realuid.cli_images import register_commands  # noqa: E402  (sample, eval, registry)
+
+register_commands(app, fail)
+
+
 def entry() -> None:
     try:
         app()
     except UserError as err:  # raised outside a command's own handler
-        errors.print(f"error: {err.message}")
-        sys.exit(2)
+        from rich.markup import escape
+
+        errors.print(f"error: {escape(err.message)}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -83,13 +83,26 @@ class SquaredL2(Distance):
     def fake_loss(self, f, f_star, f_c, c):
         if c.quadratic == c.teacher:
             return c.quadratic * sq_norm(f - (c.target / c.quadratic) * f_c)
-        mean = (c.target * f_c + (c.quadratic - c.teacher) * f_star) / c.quadratic
-        return c.quadratic * sq_norm(f - mean)
+        return self.expanded_fake_loss(f, f_star, f_c, c)
 
     def generator_loss(self, f, f_star, f_c, c):
         if c.quadratic == c.teacher:
             r = c.target / c.quadratic
             return c.quadratic * (sq_norm(f_star - r * f_c) - sq_norm(f - r * f_c))
+        return self.expanded_generator_loss(f, f_star, f_c, c)
+
+    # The general forms, valid for any coefficients (c_q > 0 for the fake loss); the
+    # methods above use them when c_q != c_t, and tests compare them with the
+    # teacher-free forms at c_q = c_t.
+    @staticmethod
+    def expanded_fake_loss(f, f_star, f_c, c):
+        """-Phi up to f-independent terms: c_q ||f - (c_lin f_c + (c_q - c_t) f*) / c_q||^2."""
+        mean = (c.target * f_c + (c.quadratic - c.teacher) * f_star) / c.quadratic
+        return c.quadratic * sq_norm(f - mean)
+
+    @staticmethod
+    def expanded_generator_loss(f, f_star, f_c, c):
+        """Phi = 2 <f - f*, c_lin f_c - c_t f*> - c_q ||f - f*||^2."""
         delta = f - f_star
         return 2 * inner(delta, c.target * f_c - c.teacher * f_star) - c.quadratic * sq_norm(delta)
 

@@ -42,7 +42,18 @@ def check(condition: bool, what: str, where: str | None = None, fix: str | None 
 
 def check_range(value: float, name: str, low: float | None = None, high: float | None = None,
                 *, low_open: bool = False, high_open: bool = False, where: str | None = None) -> None:
-    """Check ``low <(=) value <(=) high`` and name the parameter and the rule if not."""
+    """Check ``low <(=) value <(=) high`` (a finite real number) and name the parameter and the rule if not."""
+    import math
+    import numbers
+
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array
+        value = value.item()
+    where = where or f"the value bound to {name}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"{name} must be a number, got {value!r} ({type(value).__name__})", where,
+                        f"bind {name} to a number (no quotes)")
+    if not math.isfinite(value):
+        raise UserError(f"{name} = {value!r} is not a finite number", where, f"bind {name} to a finite value")
     ok = True
     if low is not None:
         ok &= value > low if low_open else value >= low

@@ -24,11 +24,16 @@ class OneStepGenerator(nn.Module):
         network: the backbone (``forward(x, t, cond)``).
         parameterization: how the network's output is read.
         time: the path time t_g at which the network is evaluated; None takes the path's t_max.
+        noise_scale: the network reads ``x_t = noise_scale * z`` at ``t_g`` (1: z itself). SiD's
+            generator ``G(z) = D(sigma_init z; sigma_init)`` (Zhou et al. 2024, sigma_init = 2.5) is
+            an EDM path with ``time = noise_scale = 2.5`` and parameterization "x0".
     """
 
-    def __init__(self, network: nn.Module, parameterization: str = "x0", time: float | None = None):
+    def __init__(self, network: nn.Module, parameterization: str = "x0", time: float | None = None,
+                 noise_scale: float = 1.0):
         super().__init__()
         self.network, self.parameterization, self.time = network, parameterization, time
+        self.noise_scale = float(noise_scale)
         self.path: MatchingPath | None = None
 
     def bind(self, path: MatchingPath) -> "OneStepGenerator":
@@ -40,6 +45,7 @@ class OneStepGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
         t = torch.full((z.shape[0],), float(self.time), dtype=z.dtype, device=z.device)
-        pred = self.path.apply_network(self.network, z, t, cond, self.parameterization)
+        x_t = z if self.noise_scale == 1.0 else self.noise_scale * z
+        pred = self.path.apply_network(self.network, x_t, t, cond, self.parameterization)
         x1 = cond if self.path.x1_is_condition else None
-        return self.path.to_x0(pred, self.parameterization, z, t, x1)
+        return self.path.to_x0(pred, self.parameterization, x_t, t, x1)

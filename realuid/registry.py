@@ -11,13 +11,13 @@ module (gin ``import my_module`` in a recipe, or ``realuid run --import
 my_module``)::
 
     from realuid.registry import register
-    from realuid.paths import AffinePath
+    from realuid.paths import AffinePath, Schedule
 
     @register("path")
-    class QuadraticPath(AffinePath):
+    class QuadraticFlow(AffinePath):
         '''x_t = (1 - t^2) x0 + t^2 x1.'''
         def schedule(self, t):
-            return 1 - t**2, -2 * t, t**2, 2 * t
+            return Schedule(a=1 - t**2, da=-2 * t, b=t**2, db=2 * t)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import gin
 
-KINDS = ("path", "coupling", "distance", "objective", "network", "generator", "data",
+KINDS = ("path", "schedule", "coupling", "distance", "objective", "network", "generator", "data",
          "teacher", "metric", "trainer")
 
 

@@ -1,10 +1,15 @@
 """Atomic, checksummed checkpoints that load with ``weights_only=True``.
 
 A checkpoint ``step_00001000.pt`` is written to a temporary file in the same
-folder, flushed to disk and renamed, so a kill leaves either the old set or the
-new one, never half a file. Beside it, ``step_00001000.pt.sha256`` holds its
-digest; loading checks it, and :func:`latest_good` walks back to the newest
-checkpoint that passes, warning about each one it skips.
+folder, flushed to disk and renamed over its final name, so a kill leaves
+either the old file or the new one, never half a file. Its sha256 digest goes
+to ``step_00001000.pt.sha256``, written (atomically too) *before* the
+checkpoint itself: a checkpoint file never exists without the digest it must
+match. Loading checks the digest and refuses a file that has none, then
+unpickles with ``torch.load(weights_only=True)``, which accepts tensors and
+plain containers only and refuses a pickle that would run code.
+:func:`latest_good` walks back from the newest checkpoint to the newest one
+that passes, printing a warning that names each one it skips.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import hashlib
 import io
 import os
 import re
-import warnings
+import sys
 from pathlib import Path
 
 import torch
@@ -21,21 +26,67 @@ import torch
 from realuid.errors import UserError
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8})\.pt$")
+_REFUSED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+TMP_RE = re.compile(r"^\..+\.tmp\d+(-\d+)?$")
+_counter = [0]
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (above the progress bar, which redirects stderr)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename.
+
+    An ``OSError`` (disk full, unwritable folder) becomes a :class:`UserError`
+    naming the file; the temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _counter[0] += 1
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{_counter[0]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise UserError(f"cannot write {path} ({err.strerror or err})", str(path.parent),
+                        "free disk space or make the folder writable, then continue with --resume") from None
+    _fsync_folder(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files a killed writer left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and TMP_RE.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -50,16 +101,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step number in a checkpoint's file name."""
+    match = CHECKPOINT_RE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named step_XXXXXXXX.pt")
+    return int(match.group(1))
+
+
 def save_checkpoint(folder: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write ``state`` as ``folder/step_XXXXXXXX.pt`` with its checksum; keep the newest ``keep``."""
+    """Write ``state`` as ``folder/step_XXXXXXXX.pt`` after its checksum; keep the newest ``keep``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the checkpoint folder {folder} ({err.strerror or err})", str(folder),
+                        "free disk space or make the run folder writable, then continue with --resume") from None
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    path = folder / f"step_{step:08d}.pt"
-    atomic_write_bytes(path, data)
+    path = checkpoint_path(folder, step)
     atomic_write_text(path.with_name(path.name + ".sha256"), sha256_bytes(data) + "\n")
+    atomic_write_bytes(path, data)
     for old in checkpoints(folder)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
@@ -74,32 +141,54 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint after checking its sha256; ``weights_only=True`` refuses pickled code."""
+def verify_checkpoint(path: Path) -> None:
+    """Raise a :class:`UserError` naming ``path`` unless it exists and matches its ``.sha256``."""
     path = Path(path)
     sidecar = path.with_name(path.name + ".sha256")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist", str(path), "give the path of an existing .pt file")
-    if sidecar.is_file():
-        expected = sidecar.read_text().strip()
-        actual = sha256_file(path)
-        if expected != actual:
-            raise UserError(f"checkpoint {path} is corrupted or truncated: its sha256 is {actual[:12]}..., "
-                            f"{sidecar.name} says {expected[:12]}...", str(path),
-                            "resume from an earlier checkpoint (delete this one) or re-run the stage")
+    if not sidecar.is_file():
+        raise UserError(f"checkpoint {path} has no checksum file {sidecar.name}, so it cannot be verified",
+                        str(path), "use a checkpoint written by realuid together with its .sha256 file")
+    expected = sidecar.read_text().strip()
+    actual = sha256_file(path)
+    if expected != actual:
+        raise UserError(f"checkpoint {path} is corrupted or truncated: its sha256 is {actual[:12]}..., "
+                        f"{sidecar.name} says {expected[:12]}...", str(path),
+                        "resume from an earlier checkpoint (delete this one) or re-run the stage")
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint after checking its sha256; ``weights_only=True`` refuses pickled code."""
+    path = Path(path)
+    verify_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]})", str(path),
-                        "checkpoints hold tensors and plain containers only; re-create it with realuid") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        refused = _REFUSED.search(text)
+        reason = (f"it asks to run {refused.group(1)}, which weights_only=True refuses" if refused else
+                  f"{type(err).__name__}: {(text.strip().splitlines() or [''])[0][:200]}")
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({reason})", str(path),
+                        "checkpoints hold tensors and plain containers only; never load one from an "
+                        "untrusted source, re-create it with realuid") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a realuid state dict", str(path),
+                        "give a checkpoint written by realuid")
+    return state
 
 
 def latest_good(folder: Path, map_location="cpu") -> tuple[Path, dict] | None:
     """The newest checkpoint that loads, warning about each newer one that does not; None if none."""
+    skipped = []
     for path in reversed(checkpoints(folder)):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except UserError as err:
-            warnings.warn(f"skipping bad checkpoint: {err.message}", stacklevel=2)
+            warn(f"skipping bad checkpoint: {err.message}")
+            skipped.append(path)
+            continue
+        if skipped:
+            warn(f"falling back to the previous good checkpoint {path}")
+        return path, state
     return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -28,21 +27,26 @@ def to_jsonable(value):
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per evaluation, appended and flushed to disk.
+    """``metrics.jsonl``: one JSON object per evaluation, each write atomic (temporary file + rename).
 
-    On resume, :meth:`truncate_after` drops rows written after the checkpoint
-    being resumed (a killed run may have logged past it), rewriting the file
-    atomically, so the log of a resumed run equals that of an uninterrupted one.
+    Every :meth:`append` rewrites the whole file through
+    :func:`~realuid.engine.checkpoint.atomic_write_text` (a log holds one row
+    per evaluation, so this stays cheap), so a kill leaves the old log or the
+    new one, never a cut line. On resume, :meth:`truncate_after` drops rows
+    written after the checkpoint being resumed (a killed run may have logged
+    past it), so the log of a resumed run equals that of an uninterrupted one.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def _text(self) -> str:
+        if not self.path.exists():
+            return ""
+        return "".join(json.dumps(r) + "\n" for r in self.rows())
+
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(to_jsonable(row)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        atomic_write_text(self.path, self._text() + json.dumps(to_jsonable(row)) + "\n")
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
@@ -51,11 +55,13 @@ class MetricsLog:
         for line in self.path.read_text().splitlines():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill
+            except json.JSONDecodeError:  # a line cut by a kill (logs written before atomic appends)
                 break
         return rows
 
     def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
         kept = [r for r in self.rows() if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 

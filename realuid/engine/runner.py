@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shutil
 import sys
@@ -22,7 +23,7 @@ import torch
 
 import realuid
 from realuid.config import call_configured, import_modules, parse_recipe
-from realuid.engine.checkpoint import atomic_write_text
+from realuid.engine.checkpoint import atomic_write_text, checkpoints
 from realuid.errors import UserError
 
 
@@ -38,38 +39,97 @@ def default_out_dir(recipe: Path) -> Path:
 
 
 def _check_writable(out: Path) -> None:
-    probe = out.parent if not out.exists() else out
-    while not probe.exists():
+    """The nearest existing ancestor of ``out`` must be a folder we can create files in."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot create the run folder {out}: {probe} is a file, not a folder", "--out",
+                        "choose an --out path whose parents are folders")
     try:
-        test = probe / f".realuid-write-test-{id(out)}"
+        test = probe / f".realuid-write-test-{os.getpid()}"
         test.write_text("")
         test.unlink()
     except OSError as err:
-        raise UserError(f"cannot write the run folder {out} ({err.strerror})", "--out",
-                        "choose a folder you can write to") from None
+        raise UserError(f"cannot write the run folder {out} ({err.strerror or err} in {probe})", "--out",
+                        "choose a folder you can write to (check permissions and free space)") from None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` looks like a folder `realuid run` wrote (config.gin or run.json inside)."""
+    return (folder / "config.gin").is_file() or (folder / "run.json").is_file()
+
+
+def _check_fresh_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a folder", "--out",
+                        "give the path of a new (or empty) folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"the run folder {out} already exists and is not empty", "--out",
+                            "pass --resume to continue it, --overwrite to replace it, or another --out")
+        if not is_run_folder(out):
+            raise UserError(f"--overwrite would delete {out}, which is not a realuid run folder (it has no "
+                            "config.gin or run.json)", "--out",
+                            "choose another --out, or empty that folder yourself")
+    _check_writable(out)
+
+
+def _read_run_json(out: Path) -> dict:
+    path = out / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})", "--resume",
+                        "restore run.json (it holds the seed and imports of the run) or start afresh") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} does not hold a JSON object", "--resume", "restore run.json or start afresh")
+    return meta
 
 
 def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
-          out: Path | str | None = None, seed: int = 0, resume: bool = False, overwrite: bool = False,
+          out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool = True):
-    """Parse the recipe and build the trainer; nothing is written until everything is valid."""
+    """Parse the recipe and build the trainer; nothing is written until everything is valid.
+
+    A fresh run needs a new or empty ``out`` (or ``overwrite`` of a previous
+    run folder). ``resume`` rebuilds the run from ``out/config.gin`` and
+    ``out/run.json`` (seed and imports), plus any extra ``binds``.
+    """
     if resume:
+        if overwrite:
+            raise UserError("--resume and --overwrite contradict each other", "--resume/--overwrite",
+                            "pass --resume DIR to continue a run, or --overwrite --out DIR to start it again")
+        if recipe is not None:
+            raise UserError(f"a recipe ({recipe}) and --resume were both given; a resumed run uses the config.gin "
+                            "saved in its folder", "RECIPE argument / --resume",
+                            "drop the recipe (extra --bind values are still applied)")
         out = Path(out)
+        if not out.is_dir():
+            raise UserError(f"the run folder {out} does not exist", "--resume",
+                            "give the folder of a previous run (see runs/)")
         if not (out / "config.gin").is_file():
             raise UserError(f"{out} is not a run folder (no config.gin)", "--resume",
                             "give the folder a previous `realuid run` wrote")
-        meta = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-        imports = list(meta.get("imports", [])) + list(imports)
-        seed = meta.get("seed", seed)
+        meta = _read_run_json(out)
+        imports = list(meta.get("imports", [])) + [i for i in imports if i not in meta.get("imports", [])]
+        saved_seed = meta.get("seed", 0 if seed is None else seed)
+        if seed is not None and seed != saved_seed:
+            raise UserError(f"--seed {seed} differs from the seed {saved_seed} the run started with", "--seed",
+                            "drop --seed when resuming (the run's own seed is used)")
+        seed = saved_seed
         import_modules(imports)
         parse_recipe(None, binds, config_text=(out / "config.gin").read_text())
     else:
+        seed = 0 if seed is None else seed
+        if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("a run under torchrun needs --out (each process would stamp its own default folder)",
+                            "--out", "pass --out DIR")
         out = Path(out) if out is not None else default_out_dir(Path(recipe or "run"))
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise UserError(f"the run folder {out} already exists and is not empty", "--out",
-                            "pass --resume to continue it, --overwrite to replace it, or another --out")
-        _check_writable(out)
+        if int(os.environ.get("RANK", "0")) == 0:   # under torchrun rank 0 alone owns the folder
+            _check_fresh_out(out, overwrite)
         import_modules(imports)
         parse_recipe(recipe, binds)
     torch.manual_seed(seed)
@@ -80,25 +140,65 @@ def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequenc
 
 
 def write_run_files(trainer, meta: dict, recipe, binds: Sequence[str], overwrite: bool, resume: bool) -> None:
+    """Create the run folder with config.gin and run.json (on resume: note the resume in run.json)."""
     out = Path(meta["out"])
-    if overwrite and out.exists() and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now().isoformat(timespec="seconds")
     if resume:
+        info = _read_run_json(out)
+        info.setdefault("resumes", []).append({"bindings": list(binds), "argv": sys.argv, "time": now})
+        if binds:  # extra bindings change the run: keep config.gin operative for the next resume
+            atomic_write_text(out / "config.gin", gin.operative_config_str())
+        atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
         return
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the run folder {out} ({err.strerror or err})", "--out",
+                        "choose a folder you can write to") from None
     atomic_write_text(out / "config.gin", gin.operative_config_str())
     info = {**meta, "recipe": None if recipe is None else str(recipe), "bindings": list(binds),
-            "argv": sys.argv, "started": _dt.datetime.now().isoformat(timespec="seconds"),
+            "argv": sys.argv, "started": now,
             "versions": {"realuid": realuid.__version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
     atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")
 
 
+def _remove_run_files(folder: Path, keep_folder: bool) -> None:
+    if not keep_folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def run(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
-        out: Path | str | None = None, seed: int = 0, resume: bool = False, overwrite: bool = False,
+        out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True):
-    """Build, write the run folder, train; returns the trainer (its last metrics in ``trainer.log``)."""
+    """Build, write the run folder, train; returns the trainer (its last metrics in ``trainer.log``).
+
+    A fresh run that fails before writing its first checkpoint leaves no run
+    folder behind (it could only mislead: there is nothing to resume).
+    """
     trainer, meta = build(recipe, binds, imports, out, seed, resume, overwrite, progress)
-    write_run_files(trainer, meta, recipe, binds, overwrite, resume)
-    trainer.fit(resume=resume)
+    folder = Path(meta["out"])
+    existed = folder.is_dir()
+    main_process = int(os.environ.get("RANK", "0")) == 0   # under torchrun rank 0 alone writes files
+    if main_process:
+        write_run_files(trainer, meta, recipe, binds, overwrite, resume)
+    try:
+        trainer.fit(resume=resume)
+    except BaseException as err:
+        if main_process and not resume and not checkpoints(folder / "checkpoints"):
+            _remove_run_files(folder, keep_folder=existed)
+            if isinstance(err, UserError):
+                err.what = (err.what.rstrip(".") + f". No checkpoint had been written, so the run folder {folder} "
+                            f"was {'emptied' if existed else 'removed'}")
+                if err.fix:
+                    err.fix = err.fix.replace("continue from the last checkpoint with --resume", "start the run again")
+        raise
     return trainer

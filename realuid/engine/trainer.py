@@ -17,9 +17,8 @@ data source's own generator, and the global torch RNG (dropout).
 
 from __future__ import annotations
 
-import contextlib
 import io
-import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,10 +29,12 @@ from torch import nn
 from realuid.couplings import Coupling, IndependentGaussian
 from realuid.data.base import DataSource
 from realuid.engine.artifacts import image_grid_png, scatter_png
-from realuid.engine.checkpoint import atomic_write_bytes, latest_good, load_checkpoint, save_checkpoint
+from realuid.engine.checkpoint import atomic_write_bytes, latest_good, load_checkpoint
 from realuid.engine.ema import EMA
-from realuid.engine.reporting import MetricsLog, progress_bar
-from realuid.engine.schedules import lr_factor
+from realuid.engine.loop import (DTYPES, NonFiniteGuard, TrainingDiverged, TrainingLoop,  # noqa: F401 (re-exported)
+                                 build_schedule, compile_networks, default_dtype, resolve_device, to_channels_last)
+from realuid.engine.loop import in_run_dtype as _in_run_dtype
+from realuid.engine.reporting import MetricsLog
 from realuid.errors import UserError, check, check_range
 from realuid.fields import NetworkField
 from realuid.metrics.base import Metric
@@ -41,55 +42,8 @@ from realuid.objectives import Fields, Objective
 from realuid.paths.base import MatchingPath, PathSample
 from realuid.registry import register
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but CUDA is not available", "DistillationTrainer.device",
-                        "bind DistillationTrainer.device = 'cpu' (or 'auto')")
-    return torch.device(device)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-class NonFiniteGuard:
-    """Counts steps whose loss or gradient is NaN/Inf; stops the run after ``limit`` in a row."""
-
-    def __init__(self, limit: int):
-        self.limit, self.total, self.in_a_row = limit, 0, 0
-
-    def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, where: str) -> bool:
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            self.in_a_row = 0
-            return True
-        self.total += 1
-        self.in_a_row += 1
-        if self.in_a_row >= self.limit:
-            raise UserError(f"{self.in_a_row} {where} steps in a row had a non-finite loss or gradient; the run "
-                            "stopped and its last good checkpoint is kept", "training",
-                            "lower the learning rate, raise the warm-up or check the data, then --resume")
-        return False
-
-    def state_dict(self):
-        return {"total": self.total, "in_a_row": self.in_a_row}
-
-    def load_state_dict(self, state):
-        self.total, self.in_a_row = state["total"], state["in_a_row"]
-
-
 @register("trainer")
-class DistillationTrainer:
+class DistillationTrainer(TrainingLoop):
     """One-step inverse distillation: K fake-model steps, then one generator step (UID, RealUID, SiD, ...).
 
     Args:
@@ -113,7 +67,21 @@ class DistillationTrainer:
         eval_every, eval_samples, checkpoint_every, keep_checkpoints: reporting intervals and sizes.
         max_bad_steps: stop after this many non-finite steps in a row.
         device: "auto", "cpu" or "cuda[:i]". dtype: "float32" or "float64".
+        precision: "fp32" or "bf16" (autocast of forward passes and losses; weights stay float32).
+        channels_last: store image networks' convolution weights channels-last (NHWC).
+        compile: ``torch.compile`` the generator's and fake model's networks and the teacher's.
+        tensorboard: also write the metrics as TensorBoard scalars under ``RUN/tensorboard``.
+        time_limit: stop (final evaluation and checkpoint) once training has taken this many
+            seconds (summed over resumes); 0: no limit.
+
+    Data parallel under ``torchrun --nproc_per_node N -m realuid run RECIPE``
+    (:class:`~realuid.engine.loop.Distributed`): ``batch_size`` is the global
+    batch, each rank draws ``batch_size / N`` from its own streams.
     """
+
+    progress_label = "distilling"
+    weight_parts = ("generator", "fake", "ema", "objective")
+    owner = "DistillationTrainer"
 
     def __init__(self, data: DataSource, path: MatchingPath, teacher: nn.Module, generator: nn.Module,
                  fake: nn.Module, objective: Objective, out_dir: str | Path, seed: int = 0,
@@ -125,7 +93,9 @@ class DistillationTrainer:
                  generator_init: str = "scratch", fake_init: str = "scratch",
                  generator_checkpoint: str | None = None, eval_every: int = 500,
                  eval_samples: int = 5000, checkpoint_every: int = 1000, keep_checkpoints: int = 2,
-                 max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32", progress: bool = True):
+                 max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32", progress: bool = True,
+                 precision: str = "fp32", channels_last: bool = True, compile: bool = False,
+                 tensorboard: bool = True, time_limit: float = 0.0):
         where = "DistillationTrainer"
         for name, value in (("steps", steps), ("batch_size", batch_size), ("fake_steps", fake_steps),
                             ("eval_every", eval_every), ("eval_samples", eval_samples),
@@ -135,6 +105,16 @@ class DistillationTrainer:
         check_range(lr_generator, f"{where}.lr_generator", 0.0, low_open=True)
         check_range(lr_fake, f"{where}.lr_fake", 0.0, low_open=True)
         check_range(ema_decay, f"{where}.ema_decay", 0.0, 1.0, high_open=True)
+        check(isinstance(warmup_steps, int) and warmup_steps >= 0, f"{where}.warmup_steps must be an integer >= 0, "
+              f"got {warmup_steps!r}", where, f"bind {where}.warmup_steps to 0 or more steps")
+        check(isinstance(keep_checkpoints, int) and keep_checkpoints >= 1, f"{where}.keep_checkpoints must be an "
+              f"integer >= 1, got {keep_checkpoints!r}", where, f"bind {where}.keep_checkpoints to 1 or more")
+        check_range(grad_clip, f"{where}.grad_clip", 0.0)
+        check_range(lr_final, f"{where}.lr_final", 0.0, 1.0)
+        check(isinstance(betas, (tuple, list)) and len(betas) == 2, f"{where}.betas must be two numbers, got "
+              f"{betas!r}", where, f"bind {where}.betas = (0.0, 0.999)")
+        for i, beta in enumerate(betas):
+            check_range(beta, f"{where}.betas[{i}]", 0.0, 1.0, high_open=True)
         check(dtype in DTYPES, f"unknown dtype {dtype!r}", f"{where}.dtype", f"use one of {list(DTYPES)}")
         for name, value in (("generator_init", generator_init), ("fake_init", fake_init)):
             check(value in ("scratch", "teacher"), f"{where}.{name} = {value!r} is not 'scratch' or 'teacher'",
@@ -146,9 +126,11 @@ class DistillationTrainer:
         self.eval_every, self.eval_samples = eval_every, eval_samples
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.grad_clip, self.show_progress = grad_clip, progress
-        self.device, self.dtype = resolve_device(device), DTYPES[dtype]
+        self.setup_machinery(seed, device, dtype, precision, tensorboard, time_limit)
+        self.local_batch_size = self.dist.local_batch(batch_size, where)
         self.data, self.path, self.objective = data, path, objective
         self.coupling = coupling if coupling is not None else IndependentGaussian()
+        path.bind(parameterization, self.coupling)  # loss-space weights; a bridge checks its coupling is paired
         self.metrics = [m.bind(data) for m in metrics]
         self.shape = tuple(data.shape)
 
@@ -162,19 +144,21 @@ class DistillationTrainer:
         self.fields = Fields(self.teacher, self.fake, path, parameterization)
         self._check_shapes()
         self.objective_modules = nn.ModuleList(objective.trainable_modules()).to(self.device, self.dtype)
+        if channels_last and data.is_image:
+            to_channels_last(self.generator, self.fake, self.teacher, self.objective_modules)
+        self.dist.broadcast_(self.generator, self.fake, self.objective_modules)
 
         self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=lr_generator, betas=tuple(betas))
         self.opt_fake = torch.optim.Adam(self._fake_side_parameters(), lr=lr_fake, betas=tuple(betas))
-        factor = lambda step: lr_factor(step, steps, warmup_steps, lr_decay, lr_final)  # noqa: E731
-        self.sched_generator = torch.optim.lr_scheduler.LambdaLR(self.opt_generator, factor)
-        self.sched_fake = torch.optim.lr_scheduler.LambdaLR(self.opt_fake, factor)
+        self.sched_generator = build_schedule(self.opt_generator, steps, warmup_steps, lr_decay, lr_final)
+        self.sched_fake = build_schedule(self.opt_fake, steps, warmup_steps, lr_decay, lr_final)
         self.ema = EMA(self.generator, ema_decay)
         self.guard = NonFiniteGuard(max_bad_steps)
+        if compile:
+            compile_networks(self.generator.network, self.fake.network, getattr(self.teacher, "network", None))
 
-        self.data.seed(seed + 1)
-        self.rng = torch.Generator(self.device).manual_seed(seed + 2)
-        self.step, self.wall_time = 0, 0.0
-        self.running: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.data.seed(self.stream_seed + 1)   # seed + 1000 * rank under data parallelism
+        self.rng = torch.Generator(self.device).manual_seed(self.stream_seed + 2)
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.last_samples: torch.Tensor | None = None
 
@@ -244,9 +228,10 @@ class DistillationTrainer:
                                     "make the network's dimension match the data (e.g. MLP.dim)")
 
     # -- one batch -----------------------------------------------------------------------------
+    @_in_run_dtype
     def draw(self, with_grad: bool) -> tuple[PathSample, PathSample | None]:
         """A generated path sample (and a real one sharing x1 and t, paper Algorithm 1)."""
-        n = self.batch_size
+        n = self.local_batch_size
         wants_real = self.objective.uses_real_data or self.coupling.needs_data or self.data.num_classes > 0
         real = self.data.next_batch(n, self.device) if wants_real else None
         if real is not None:
@@ -265,46 +250,44 @@ class DistillationTrainer:
         return gen, real_sample
 
     def _update(self, loss, params, optimizer, where: str) -> bool:
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return self.guard.ok(loss, loss, where)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip > 0 else float("inf"))
-        if not self.guard.ok(loss, grad_norm, where):
-            optimizer.zero_grad(set_to_none=True)
-            return False
-        optimizer.step()
-        return True
+        return self.apply_update(loss, list(params), optimizer, where, self.grad_clip)
 
     def fake_step(self) -> dict:
-        gen, real = self.draw(with_grad=False)
-        loss, logs = self.objective.fake_loss(self.fields, gen, real)
+        with self.autocast():
+            gen, real = self.draw(with_grad=False)
+            loss, logs = self.objective.fake_loss(self.fields, gen, real)
         self._update(loss, self._fake_side_parameters(), self.opt_fake, "fake-model")
         return {"fake_loss": loss.detach(), **logs}
 
     def generator_step(self) -> dict:
         self.fake.requires_grad_(False)
         try:
-            gen, _ = self.draw(with_grad=True)
-            loss, logs = self.objective.generator_loss(self.fields, gen)
+            with self.autocast():
+                gen, _ = self.draw(with_grad=True)
+                loss, logs = self.objective.generator_loss(self.fields, gen)
             if self._update(loss, list(self.generator.parameters()), self.opt_generator, "generator"):
                 self.ema.update(self.generator)
         finally:
             self.fake.requires_grad_(True)
         return {"generator_loss": loss.detach(), **logs}
 
+    @_in_run_dtype
     def train_step(self) -> dict:
+        """K fake-model updates, one generator update, schedules stepped."""
         logs: dict = {}
         for _ in range(self.fake_steps):
             logs.update(self.fake_step())
         logs.update(self.generator_step())
-        self.sched_fake.step()
-        self.sched_generator.step()
+        with warnings.catch_warnings():  # torch warns when the first update was skipped (non-finite)
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.sched_fake.step()
+            self.sched_generator.step()
         self.step += 1
         return logs
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
+    @_in_run_dtype
     def sample(self, n: int, seed: int | None = None, use_ema: bool = True) -> torch.Tensor:
         """n samples of the (EMA) generator from fixed noise; class labels cycle 0..C-1.
 
@@ -327,23 +310,26 @@ class DistillationTrainer:
                 cond = self.coupling.sample(real, m, self.shape, rng, self.device).cond
                 if self.data.num_classes and not needs_real:
                     cond = torch.arange(start, start + m, device=self.device) % self.data.num_classes
-                out.append(model(z, cond))
+                with self.autocast():
+                    out.append(model(z, cond).to(self.dtype))
         finally:
             if needs_real:
                 self.data.load_state_dict(position)
         return torch.cat(out)
 
     def evaluate(self) -> dict:
-        with default_dtype(self.dtype):
-            samples = self.sample(self.eval_samples)
-        self.last_samples = samples
+        """One row of metrics.jsonl: running means, lr, metrics of fixed-noise EMA samples (rank 0 samples)."""
         row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
-        row.update({k: s / max(c, 1) for k, (s, c) in self.running.items()})
+        row.update(self.running_means())
         row.update({"lr_generator": self.sched_generator.get_last_lr()[0], "bad_steps": self.guard.total})
-        for metric in self.metrics:
-            row.update(metric(samples))
-        self.running.clear()
-        self.log.append(row)
+        if self.dist.is_main:
+            samples = self.sample(self.eval_samples)
+            self.last_samples = samples
+            if self.data.is_image:
+                self.save_sample_grid(samples)
+            for metric in self.metrics:
+                row.update(metric(samples))
+        self.report(row)
         return row
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -379,48 +365,6 @@ class DistillationTrainer:
         self.guard.load_state_dict(state["guard"])
         self.running = defaultdict(lambda: [0.0, 0], {k: list(v) for k, v in state["running"].items()})
 
-    def save(self) -> Path:
-        return save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict(), self.keep_checkpoints)
-
-    def resume(self) -> None:
-        found = latest_good(self.out_dir / "checkpoints", map_location=self.device)
-        if found is None:
-            raise UserError(f"no usable checkpoint in {self.out_dir / 'checkpoints'}", "--resume",
-                            "resume a run folder that has reached its first checkpoint, or start it afresh")
-        self.load_state_dict(found[1])
-        self.log.truncate_after(self.step)
-
-    # -- the loop ------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict | None:
-        if resume:
-            self.resume()
-        last_row = None
-        bar = progress_bar() if self.show_progress else contextlib.nullcontext()
-        with bar, default_dtype(self.dtype):
-            task = bar.add_task("distilling", total=self.steps, completed=self.step, rate="", status="") \
-                if self.show_progress else None
-            tick = time.perf_counter()
-            while self.step < self.steps:
-                logs = self.train_step()
-                for key, value in logs.items():
-                    acc = self.running[key]
-                    acc[0] += float(value)
-                    acc[1] += 1
-                now = time.perf_counter()
-                self.wall_time += now - tick
-                tick = now
-                if self.step % self.eval_every == 0 or self.step == self.steps:
-                    last_row = self.evaluate()
-                    tick = time.perf_counter()
-                if self.step % self.checkpoint_every == 0 or self.step == self.steps:
-                    self.save()
-                    tick = time.perf_counter()
-                if task is not None:
-                    bar.update(task, completed=self.step, rate=f"{self.step / max(self.wall_time, 1e-9):.1f} it/s",
-                               status=self._status(logs, last_row))
-        self.write_artifacts()
-        return last_row
-
     @staticmethod
     def _status(logs: dict, row: dict | None) -> str:
         parts = [f"fake {float(logs['fake_loss']):.3g}", f"gen {float(logs['generator_loss']):.3g}"]
@@ -428,6 +372,8 @@ class DistillationTrainer:
             parts.append(f"gap {float(logs['uid_gap']):.3g}")
         if row is not None and "sw" in row:
             parts.append(f"sw {row['sw']:.3f}")
+        if row is not None and "fd_classifier" in row:
+            parts.append(f"fd {row['fd_classifier']:.2f}")
         return " ".join(parts)
 
     def write_artifacts(self) -> None:

@@ -3,6 +3,15 @@
 from realuid.paths.base import (PARAMETERIZATIONS, AffinePath, MatchingPath, PathSample, Schedule,
                                 expand_like)
 from realuid.paths.flow import RectifiedFlow
+from realuid.paths.affine import (AffineFlow, CosineSchedule, FlowSchedule, LinearSchedule,
+                                  PolynomialSchedule)
+from realuid.paths.bridge import BrownianBridge
+from realuid.paths.diffusion import EDM, VE, VP, DiffusionPath
+from realuid.paths.interpolant import (NoiseSchedule, SineSquaredNoise, SqrtNoise,
+                                       StochasticInterpolant)
+from realuid.paths.validation import validate_schedule, x0_slope
 
 __all__ = ["PARAMETERIZATIONS", "AffinePath", "MatchingPath", "PathSample", "Schedule", "expand_like",
-           "RectifiedFlow"]
+           "RectifiedFlow", "AffineFlow", "FlowSchedule", "LinearSchedule", "CosineSchedule", "PolynomialSchedule",
+           "BrownianBridge", "DiffusionPath", "VP", "VE", "EDM", "StochasticInterpolant", "NoiseSchedule",
+           "SqrtNoise", "SineSquaredNoise", "validate_schedule", "x0_slope"]

@@ -129,6 +129,20 @@ class MatchingPath(ABC):
         """True for bridges: x1 is a known corrupted input, not noise to integrate out."""
         return False
 
+    #: set by :meth:`bind`: the parameterisation the objective compares fields in, and the coupling
+    loss_parameterization: str | None = None
+    coupling: object = None
+
+    def bind(self, parameterization: str, coupling=None) -> "MatchingPath":
+        """Called by the trainer with the objective's parameterisation and the coupling.
+
+        A family whose loss weight is stated in one space (EDM: on x0) converts it
+        to ``parameterization`` in :meth:`weight`; a bridge checks that the coupling is paired.
+        """
+        self.check_parameterization(parameterization, "DistillationTrainer.parameterization")
+        self.loss_parameterization, self.coupling = parameterization, coupling
+        return self
+
     def check_parameterization(self, name: str, where: str) -> None:
         if name not in self.parameterizations:
             raise UserError(f"{type(self).__name__} does not support the parameterisation {name!r}", where,

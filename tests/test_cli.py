@@ -1,0 +1,103 @@
+"""`realuid run` behaviours around resume and the run folder (issue 8)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gin
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from realuid.cli import app
+from realuid.engine.checkpoint import checkpoints, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "gin/uid_fm_gmm.gin"
+SMALL = ["DistillationTrainer.batch_size = 32", "DistillationTrainer.fake_steps = 2",
+         "DistillationTrainer.warmup_steps = 5", "DistillationTrainer.lr_decay = 'constant'",
+         "DistillationTrainer.eval_every = 10", "DistillationTrainer.eval_samples = 128",
+         "DistillationTrainer.checkpoint_every = 10", "MLP.hidden = 16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    gin.clear_config()  # leave no bindings behind for tests that build components directly
+
+
+def cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def bind_args(*binds: str) -> list[str]:
+    return [a for b in binds for a in ("-b", b)]
+
+
+def rows(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_finished_run_extended_on_resume_equals_a_longer_run(tmp_path):
+    """--resume with a new steps binding continues a finished run; config.gin and run.json record it."""
+    short, long = tmp_path / "short", tmp_path / "long"
+    code, stdout, stderr = cli("run", RECIPE, "--out", str(short), "--no-progress",
+                               *bind_args(*SMALL, "DistillationTrainer.steps = 20"))
+    assert code == 0, stderr
+    assert "done" in stdout and "step=20" in stdout
+    assert cli("run", RECIPE, "--out", str(long), "--no-progress",
+               *bind_args(*SMALL, "DistillationTrainer.steps = 40"))[0] == 0
+
+    code, _, stderr = cli("run", "--resume", str(short), "--no-progress", "-b", "DistillationTrainer.steps = 40")
+    assert code == 0, stderr
+    assert rows(short) == rows(long)
+    a = load_checkpoint(checkpoints(short / "checkpoints")[-1])
+    b = load_checkpoint(checkpoints(long / "checkpoints")[-1])
+    assert a["step"] == b["step"] == 40
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in b["ema"])
+    assert "DistillationTrainer.steps = 40" in (short / "config.gin").read_text()
+    meta = json.loads((short / "run.json").read_text())
+    assert meta["resumes"][0]["bindings"] == ["DistillationTrainer.steps = 40"] and meta["seed"] == 0
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = cli("run", RECIPE, "--out", str(out), "--no-progress",
+                          *bind_args(*SMALL, "DistillationTrainer.steps = 10"))
+    assert code == 0, stderr
+    before = (out / "metrics.jsonl").read_bytes(), (out / "samples.npy").read_bytes()
+    code, stdout, stderr = cli("run", "--resume", str(out), "--no-progress")
+    assert code == 0, stderr
+    assert ((out / "metrics.jsonl").read_bytes(), (out / "samples.npy").read_bytes()) == before
+
+
+def test_recipe_includes_resolve_from_another_folder(tmp_path, monkeypatch):
+    """`include 'gin/base/...'` works when realuid runs outside the repository (recipe folder's parent searched)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = cli("run", str(ROOT / RECIPE), "--out", "run", "--no-progress",
+                          *bind_args(*SMALL, "DistillationTrainer.steps = 2"))
+    assert code == 0, stderr
+    assert (tmp_path / "run" / "samples.npy").is_file()
+
+
+def test_messages_with_brackets_are_printed_verbatim(tmp_path):
+    """Rich markup must not eat '[...]' in a message (e.g. the fix '[[x, y], ...]')."""
+    code, _, stderr = cli("run", RECIPE, "--out", str(tmp_path / "out"), "-b", "GaussianMixture.means = 'abc'")
+    assert code == 2 and "bind GaussianMixture.means = [[x, y], ...]" in stderr
+
+
+def test_run_folder_contents(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = cli("run", RECIPE, "--out", str(out), "--no-progress", "--seed", "3",
+                          *bind_args(*SMALL, "DistillationTrainer.steps = 10"))
+    assert code == 0, stderr
+    names = sorted(p.name for p in out.iterdir() if p.name != "tensorboard")  # tensorboard: when installed
+    assert names == ["checkpoints", "config.gin", "metrics.jsonl", "run.json", "samples.npy", "samples.png"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000010.pt", "step_00000010.pt.sha256"]
+    assert json.loads((out / "run.json").read_text())["seed"] == 3
