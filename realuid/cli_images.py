@@ -68,6 +68,9 @@ def _generate(source: str, num: int, nfe: Optional[int], solver: str, cfg: float
     elif nfe not in (None, 1):
         raise UserError(f"{source} is a one-step student; --nfe {nfe} does not apply", "--nfe",
                         "drop --nfe (or give --nfe 1)")
+    if cfg != 1.0 and model.kind == "student":
+        raise UserError(f"{source} is a one-step student; guidance (--cfg) applies to teachers", "--cfg",
+                        "drop --cfg, or distil from a guided teacher (CheckpointTeacher.guidance)")
     if cfg != 1.0 and not model.num_classes:
         raise UserError(f"--cfg {cfg} needs a class-conditional model; {source} is unconditional", "--cfg",
                         "drop --cfg")
@@ -171,6 +174,7 @@ def evaluate(
     reference_limit: Optional[int] = typer.Option(None, "--reference-limit", help="Use only the first N reference "
                                                   "images (smoke tests; the reference statistics are cached)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Also save the first 64 samples as a PNG grid."),
 ):
     """FID / Inception Score (torch-fidelity) and the classifier FD of samples or of a trained model."""
     from realuid.cli import fail
@@ -207,6 +211,12 @@ def evaluate(
         else:
             images, _, info = _generate(source, num, nfe, solver, cfg, batch_size, device, seed, precision)
         info["num"] = len(images)
+        if grid is not None:
+            from realuid.engine.artifacts import image_grid_png
+            from realuid.metrics.features import images_to_unit, quantize
+
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            image_grid_png(images_to_unit(quantize(images[:64])), grid)
         results = {}
         for metric in metrics:
             results.update(metric(images))

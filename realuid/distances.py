@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from realuid.errors import check_range
 from realuid.registry import register
 
 
@@ -120,10 +121,23 @@ class NormalizedL2(Distance):
     more and large ones less. ``||delta||`` is replaced by
     ``sqrt(||delta||^2 + eps^2)`` so that the direction is defined (and zero)
     where f = f*. The fake loss always needs the teacher.
+
+    Two properties to know (tests/test_objectives.py): only the direction of
+    ``f - f*`` enters, so the fake model's magnitude is free (with ``eps > 0``
+    the fake loss keeps rewarding a larger ``||f - f*||`` slowly, and the logged
+    ``uid_gap`` is not the distance); and in one dimension the direction is a
+    sign function whose jump where ``f = f*`` carries a Dirac term in the
+    generator's exact gradient that a small ``eps`` never samples, so the
+    generator gradient matches ``grad E w ||f^theta - f*||`` (the App. A.4
+    analogue of Lemma 1) in two or more dimensions, not in one.
+
+    Args:
+        eps: > 0, the smoothing of ||delta|| (data units of the field).
     """
 
     def __init__(self, eps: float = 1e-6):
-        self.eps = eps
+        check_range(eps, "NormalizedL2.eps", 0.0, low_open=True)
+        self.eps = float(eps)
 
     def _direction(self, f, f_star):
         delta = f - f_star

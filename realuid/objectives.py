@@ -306,8 +306,8 @@ class WithGAN(Objective):
 
     The head is returned by :meth:`trainable_modules`, so the trainer optimises
     and checkpoints it with the fake model. The paper's UID+GAN baseline
-    (its GAN comparison, following SiD2A / DMD2) puts the head on the fake
-    U-Net's encoder features, so that the fake network's encoder is shared by
+    (DESIGN §4) puts the head on the fake network's features (the U-Net
+    encoder, as DMD2 does), so that the fake network's encoder is shared by
     the matching and the adversarial losses; here the head is a separate
     network reading ``(x_t, t)`` directly (``MLPDiscriminator`` for vector
     data), which makes the term usable with any fake model at the price of

@@ -251,7 +251,7 @@ def test_dit_teacher_recipe_through_the_cli_smoke_flag(workdir, teachers):
 def test_teacher_training_reduces_the_matching_loss_on_a_cifar_subset(workdir):
     trainer, _ = build(ROOT / "gin" / "fm_cifar_teacher.gin",
                        smoke(workdir) + ["CIFAR10Shards.limit = 32", "CIFAR10Shards.hflip = False",
-                                         "MatchingTrainer.lr = 2e-3", "MatchingTrainer.steps = 12"],
+                                         "MatchingTrainer.lr = 2e-3", "MatchingTrainer.steps = 20"],
                        out=workdir / "runs" / "reduce", progress=False)
 
     def fixed_batch_loss():
@@ -262,10 +262,10 @@ def test_teacher_training_reduces_the_matching_loss_on_a_cifar_subset(workdir):
             return float(trainer.loss())
 
     before = fixed_batch_loss()
-    for _ in range(12):
+    for _ in range(20):
         trainer.train_step()
     after = fixed_batch_loss()
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.8 * before, (before, after)   # measured: 3617 -> 2054
 
 
 @needs_shards
@@ -394,3 +394,43 @@ def test_two_process_data_parallel_run_on_cpu(tmp_path):
     state = load_checkpoint(checkpoints(out / "checkpoints")[-1])
     assert state["meta"]["world_size"] == 2 and len(state["ranks"]) == 2
     assert not torch.equal(state["ranks"][0]["rng"], state["ranks"][1]["rng"])   # per-rank noise streams
+
+
+# -- the shared loop: exact resume of teacher training, the time limit --------------------------------------------------
+def gmm_teacher_run(out: Path, steps: int, extra: tuple[str, ...] = (), resume: bool = False):
+    binds = ["experiment.trainer = @MatchingTrainer", "MatchingTrainer.data = @GaussianMixture()",
+             "MatchingTrainer.path = @RectifiedFlow()", "MatchingTrainer.network = @MLP()", "MLP.dim = 2",
+             "MatchingTrainer.batch_size = 64", "MatchingTrainer.eval_every = 3", "MatchingTrainer.eval_samples = 64",
+             "MatchingTrainer.eval_nfe = 2", "MatchingTrainer.checkpoint_every = 3", "MatchingTrainer.device = 'cpu'",
+             "MatchingTrainer.lr = 1e-2", f"MatchingTrainer.steps = {steps}", *extra]
+    if resume:
+        return run(None, [f"MatchingTrainer.steps = {steps}"], out=out, resume=True, progress=False)
+    return run(ROOT / "gin" / "base" / "gmm_2d.gin", binds, out=out, progress=False)
+
+
+def test_matching_trainer_resumes_exactly(tmp_path):
+    whole = gmm_teacher_run(tmp_path / "whole", 6)
+    gmm_teacher_run(tmp_path / "split", 3)
+    resumed = gmm_teacher_run(tmp_path / "split", 6, resume=True)
+    for a, b in zip(whole.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    rows = lambda out: [{k: v for k, v in r.items() if k != "wall_time"}  # noqa: E731
+                        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "whole") == rows(tmp_path / "split")
+
+
+def test_time_limit_stops_with_a_final_checkpoint(tmp_path):
+    trainer = gmm_teacher_run(tmp_path / "run", 10**6, ("MatchingTrainer.time_limit = 0.5",
+                                                       "MatchingTrainer.checkpoint_every = 1000000",
+                                                       "MatchingTrainer.eval_every = 1000000"))
+    assert 0 < trainer.step < 10**6 and trainer.wall_time >= 0.5
+    last = checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert load_checkpoint(last)["step"] == trainer.step
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == trainer.step
+
+
+def test_missing_tensorboard_is_skipped_with_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
+    gmm_teacher_run(tmp_path / "run", 3)
+    assert "tensorboard is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "tensorboard").exists() and (tmp_path / "run" / "metrics.jsonl").is_file()

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import math
 import os
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -536,15 +537,17 @@ class TrainingLoop:
                     if self.step % self.eval_every == 0 or last:
                         last_row = self.evaluate()
                         tick = time.perf_counter()
-                    saved = None
+                    saved, did_save = None, False
                     if self.step % self.checkpoint_every == 0 or last:
-                        saved = self.save()
+                        saved, did_save = self.save(), True
                         tick = time.perf_counter()
                     signalled = stop.signum is not None
                     if self.dist.enabled:
                         signalled = self.dist.any(signalled, self.device)
                     if signalled:  # SIGINT/SIGTERM: checkpoint, then stop (realuid.engine.signals)
-                        raise RunInterrupted(stop.signum or 15, self.step, saved or self.save())
+                        if not did_save:   # every rank saves together (it gathers their streams)
+                            saved = self.save()
+                        raise RunInterrupted(stop.signum or signal.SIGTERM, self.step, saved)
                     if task is not None:
                         bar.update(task, completed=self.step,
                                    rate=f"{self.step / max(self.wall_time, 1e-9):.1f} it/s",

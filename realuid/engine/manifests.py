@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def register_run(name: str, source: str | Path, kind: str | None = None, recipe:
             run_info = json.loads(info.read_text())
             recipe = run_info.get("recipe") or ""
             if not command and run_info.get("argv"):
-                command = " ".join(["realuid", *run_info["argv"][1:]])
+                command = shlex.join(["realuid", *run_info["argv"][1:]])
     folder = Path(folder or registry_dir())
     manifest = Manifest(name=name, kind=kind, checkpoint=_relative(checkpoint, folder.parent),
                         sha256=sha256_file(checkpoint), recipe=recipe, command=command,

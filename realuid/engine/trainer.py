@@ -42,6 +42,7 @@ from realuid.objectives import Fields, Objective
 from realuid.paths.base import MatchingPath, PathSample
 from realuid.registry import register
 
+
 @register("trainer")
 class DistillationTrainer(TrainingLoop):
     """One-step inverse distillation: K fake-model steps, then one generator step (UID, RealUID, SiD, ...).
@@ -295,6 +296,8 @@ class DistillationTrainer(TrainingLoop):
         data source restarted at a fixed seed; its training position is restored after.
         """
         model = self.ema.model if use_ema else self.generator
+        if use_ema:
+            model.eval()   # the EMA copy is never trained: no dropout when it samples
         seed = self.seed + 10_000 if seed is None else seed
         rng = torch.Generator(self.device).manual_seed(seed)
         needs_real = self.coupling.needs_data
