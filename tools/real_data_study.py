@@ -30,6 +30,10 @@ against the teacher, ideal error against the data). It measures; it decides noth
                                                                       # {0.86, ..., 1.0}: 57 points + 4
                                                                       # baselines, x3 seeds: ~1.5 h on 2 cores)
     python tools/real_data_study.py --teacher-weights 1,1,1           # an unbiased teacher (convergence only)
+
+Each finished run is appended to ``OUT/runs.jsonl``; running the same command again resumes
+an interrupted study (finished runs with the same settings are read back, not rerun), and
+``--merge A.json,B.json`` combines studies made with other seeds.
 """
 
 from __future__ import annotations
@@ -382,11 +386,25 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
               f"DistillationTrainer.checkpoint_every = {steps}", f"DistillationTrainer.eval_samples = {eval_samples}",
               "AnalyticTeacher.mixture = @teacher/GaussianMixture()", f"teacher/GaussianMixture.weights = [{weights}]"]
     runs, start = [], time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"teacher_weights": teacher_weights, "steps": steps, "eval_every": eval_every,
+                "eval_samples": eval_samples, "sw_target": sw_target}
+    journal = out / "runs.jsonl"  # one line per finished run: an interrupted study resumes from it
     if merge:
         runs, seeds = merged_runs([Path(p) for p in merge.split(",") if p], teacher_weights, step, num, steps)
         console.print(f"merged {len(runs)} runs (seeds {seeds})")
     todo = [] if merge else \
         [(s, seed) for s in specs(step, num, dmd_alpha, normalized_alpha, normalized_beta) for seed in seeds]
+    if todo and journal.is_file():
+        wanted = {(s["name"], seed) for s, seed in todo}
+        for line in journal.read_text().splitlines():
+            entry = json.loads(line)
+            key = (entry["run"]["name"], entry["run"]["seed"])
+            if entry["settings"] == settings and key in wanted and key not in {(r["name"], r["seed"]) for r in runs}:
+                runs.append(entry["run"])
+        done_keys = {(r["name"], r["seed"]) for r in runs}
+        todo = [(s, seed) for s, seed in todo if (s["name"], seed) not in done_keys]
+        console.print(f"resuming: {len(runs)} finished runs read from {journal}")
     if todo:
         console.print(f"{len(todo)} runs of {steps} steps on {workers} worker(s); teacher weights {teacher_weights}")
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
@@ -394,6 +412,8 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
         for done, future in enumerate(as_completed(futures), 1):
             r = future.result()
             runs.append(r)
+            with journal.open("a") as f:
+                f.write(json.dumps({"settings": settings, "run": r}, default=float) + "\n")
             console.print(f"[{done}/{len(todo)} {time.perf_counter() - start:.0f}s] {r['name']} seed {r['seed']}: "
                           f"mwe data {r['mwe_data']:.3f} teacher {r['mwe_teacher']:.3f}, SW {r['sw_data']:.3f}, "
                           f"steps to target {r['steps_to_target']}")
@@ -409,7 +429,6 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
         add_theory(summary, data, teacher)
     values = grid_values(step, num)
     answer = print_tables(summary, values, sw_target, console)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"config": {"teacher_weights": teacher_weights, "step": step, "num": num, "seeds": seeds, "steps": steps,
                          "eval_every": eval_every, "eval_samples": eval_samples, "sw_target": sw_target,
                          "dmd_alpha": dmd_alpha, "normalized": [normalized_alpha, normalized_beta],
