@@ -36,6 +36,22 @@ def smoke_bindings(resume: bool) -> list[str]:
     return [f"include '{SMOKE_PRESET}'"]
 
 
+def parse_nfe(text: Optional[str]) -> Optional[int]:
+    """The ``--nfe`` value as a positive integer (None when not given); checked before any model is loaded."""
+    if text is None:
+        return None
+    try:
+        nfe = int(text.strip())
+    except ValueError:
+        nfe = None
+    if nfe is None or nfe < 1:
+        raise UserError(f"--nfe must be a positive integer (the number of field evaluations of a teacher's ODE), "
+                        f"got {text}", "--nfe",
+                        "give --nfe 1 or more, e.g. --nfe 100 (Heun) or --nfe 1 (one Euler step); one-step "
+                        "students need none")
+    return nfe
+
+
 def _command_line() -> str:
     return "realuid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -94,7 +110,8 @@ def _generate(source: str, num: int, nfe: Optional[int], solver: str, cfg: float
 def sample(
     source: str = typer.Argument(..., help="Run folder, checkpoint file or registry name of a teacher or student."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for samples.npz, samples.png and sample.json."),
-    nfe: Optional[int] = typer.Option(None, "--nfe", help="Field evaluations of a teacher's ODE (students: 1)."),
+    nfe: Optional[str] = typer.Option(None, "--nfe", metavar="<int>", help="Field evaluations of a teacher's ODE, an "
+                                      "integer >= 1 (students: 1)."),
     num: int = typer.Option(50000, "--num", help="Number of samples."),
     solver: str = typer.Option("heun", "--solver", help="Teacher ODE solver: euler or heun."),
     cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (class-conditional models)."),
@@ -112,7 +129,8 @@ def sample(
     from realuid.metrics.features import quantize
 
     try:
-        images, labels, info = _generate(source, num, nfe, solver, cfg, batch_size, device, seed, precision)
+        nfe_value = parse_nfe(nfe)   # before the model is looked up and loaded
+        images, labels, info = _generate(source, num, nfe_value, solver, cfg, batch_size, device, seed, precision)
         if images.ndim != 4:
             raise UserError(f"{source} makes samples of shape {tuple(images.shape[1:])}, not images", "SOURCE",
                             "sample image models only")
@@ -163,7 +181,8 @@ def evaluate(
                                                 f"{FD_CLASSIFIER_DEFAULT} when it exists)."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID/IS (needs the Inception weights)."),
     num: int = typer.Option(50000, "--num", help="Samples to draw when SOURCE is a model."),
-    nfe: Optional[int] = typer.Option(None, "--nfe", help="Teacher ODE evaluations when SOURCE is a teacher."),
+    nfe: Optional[str] = typer.Option(None, "--nfe", metavar="<int>", help="Teacher ODE evaluations (an integer >= 1) "
+                                      "when SOURCE is a teacher."),
     solver: str = typer.Option("heun", "--solver"),
     cfg: float = typer.Option(1.0, "--cfg"),
     batch_size: int = typer.Option(500, "--batch-size"),
@@ -180,6 +199,7 @@ def evaluate(
     from realuid.cli import fail
 
     try:
+        nfe_value = parse_nfe(nfe)   # before the metrics load their networks and reference statistics
         metrics = []
         if fid:
             from realuid.metrics.fidelity import TorchFidelityFID
@@ -209,7 +229,7 @@ def evaluate(
             images = _load_npz(npz)
             info["samples"] = str(npz)
         else:
-            images, _, info = _generate(source, num, nfe, solver, cfg, batch_size, device, seed, precision)
+            images, _, info = _generate(source, num, nfe_value, solver, cfg, batch_size, device, seed, precision)
         info["num"] = len(images)
         if grid is not None:
             from realuid.engine.artifacts import image_grid_png

@@ -38,6 +38,15 @@ def import_modules(modules: Sequence[str]) -> None:
                             "give a module importable from the current folder, or a path to a .py file") from None
 
 
+def absolute_imports(modules: Sequence[str]) -> list[str]:
+    """``--import`` values as a run folder records them: a .py file as its absolute path, a module name as given.
+
+    ``realuid run --resume`` may start in another folder than the run did; an
+    absolute path still finds the file there (a relative one would not).
+    """
+    return [str(Path(name).resolve()) if name.endswith(".py") else name for name in modules]
+
+
 def _where(message: str) -> str:
     lines = message.splitlines()
     return " ".join(line.strip() for line in lines[1:3]) or "the recipe"

@@ -116,23 +116,40 @@ class RealUMObjective(Objective):
         self.generator_coefficients = generator_coefficients or on_generated
         self.uses_real_data = not on_real.zero
 
-    def _fake_part(self, fields: Fields, s: PathSample, c: Coefficients) -> torch.Tensor:
-        f = fields.fake_at(s)
-        f_star = fields.teacher_at(s) if self.distance.needs_teacher_in_fake_step(c) else None
+    def _fake_parts(self, fields: Fields, samples: list[PathSample], coefficients: list[Coefficients]
+                    ) -> list[torch.Tensor]:
+        """The weighted fake loss of each sample batch with its coefficients.
+
+        The batches go through the networks as one concatenated batch where they
+        can (generated and real: one forward and backward of twice the batch
+        instead of two, the same maths; the networks hold no batch statistics).
+        """
+        joint = samples[0] if len(samples) == 1 else PathSample.concat(*samples)
+        if joint is None:  # conditions that do not stack: one call per batch
+            return [self._fake_parts(fields, [s], [c])[0] for s, c in zip(samples, coefficients)]
+        f = fields.fake_at(joint)
+        needs_teacher = any(self.distance.needs_teacher_in_fake_step(c) for c in coefficients)
+        f_star = fields.teacher_at(joint) if needs_teacher else None
         with torch.no_grad():
-            f_c = fields.target_at(s)
-        return fields.weighted_mean(s, self.distance.fake_loss(f, f_star, f_c, c))
+            f_c = fields.target_at(joint)
+        sizes = [s.t.shape[0] for s in samples]
+
+        def per_batch(x):
+            return [None] * len(sizes) if x is None else x.split(sizes)
+
+        return [fields.weighted_mean(s, self.distance.fake_loss(f_i, f_star_i, f_c_i, c))
+                for s, c, f_i, f_star_i, f_c_i in zip(samples, coefficients, per_batch(f), per_batch(f_star),
+                                                      per_batch(f_c))]
 
     def fake_loss(self, fields, gen, real):
-        loss = self._fake_part(fields, gen, self.on_generated)
-        logs = {"fake_loss_generated": loss.detach()}
-        if self.uses_real_data:
-            if real is None:
-                raise ValueError(f"{self.name} with alpha or beta below 1 needs a real batch")
-            real_loss = self._fake_part(fields, real, self.on_real)
-            logs["fake_loss_real"] = real_loss.detach()
-            loss = loss + real_loss
-        return loss, logs
+        if not self.uses_real_data:
+            loss, = self._fake_parts(fields, [gen], [self.on_generated])
+            return loss, {"fake_loss_generated": loss.detach()}
+        if real is None:
+            raise ValueError(f"{self.name} with alpha or beta below 1 needs a real batch")
+        generated, real_loss = self._fake_parts(fields, [gen, real], [self.on_generated, self.on_real])
+        logs = {"fake_loss_generated": generated.detach(), "fake_loss_real": real_loss.detach()}
+        return generated + real_loss, logs
 
     def generator_loss(self, fields, gen):
         f, f_star, f_c = fields.fake_at(gen), fields.teacher_at(gen), fields.target_at(gen)

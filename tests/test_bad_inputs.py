@@ -91,6 +91,10 @@ CIFAR = ["DistillationTrainer.data = @CIFAR10Shards()", "CIFAR10Shards.root = '{
 TEACHER3D = ["AnalyticTeacher.mixture = @teacher/GaussianMixture()",
              "teacher/GaussianMixture.means = [[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]"]
 
+TEACHER = ["run", "gin/fm_cifar_teacher.gin", "-b", "MatchingTrainer.data = @TwoMoons()",
+           "-b", "MatchingTrainer.network = @MLP()", "-b", "MLP.dim = 2"]   # a MatchingTrainer without CIFAR-10
+NO_MODEL = "no_such_model does not exist: the NFE is checked before the model is looked up and loaded"
+
 CASES = [
     # CLI arguments
     Case("no-recipe", "CLI", ["run"], ["no recipe given", "RECIPE argument"]),
@@ -262,6 +266,21 @@ CASES = [
     Case("overwrite-a-non-run-folder", "disk", ["run", R, "--out", "{tmp}/taken", "--overwrite"],
          ["--overwrite would delete {tmp}/taken, which is not a realuid run folder"],
          setup=write("taken/notes.txt", "keep me"), out=False, note="{tmp}/taken holds notes.txt"),
+    # sampling: the number of field evaluations (NFE) of `realuid sample` / `realuid eval`, and of a trainer's sampler
+    Case("nfe-zero", "NFE", ["sample", "no_such_model", "--nfe", "0", "--out", "{tmp}/out"],
+         ["--nfe must be a positive integer (the number of field evaluations of a teacher's ODE), got 0",
+          "Where: --nfe", "give --nfe 1 or more"], note=NO_MODEL),
+    Case("nfe-negative", "NFE", ["sample", "no_such_model", "--nfe", "-3", "--out", "{tmp}/out"],
+         ["--nfe must be a positive integer", "got -3", "Where: --nfe"], note=NO_MODEL),
+    Case("nfe-not-an-integer", "NFE", ["sample", "no_such_model", "--nfe", "2.5", "--out", "{tmp}/out"],
+         ["--nfe must be a positive integer", "got 2.5", "Where: --nfe"], note=NO_MODEL),
+    Case("eval-nfe-zero", "NFE", ["eval", "no_such_model", "--nfe", "0"],
+         ["--nfe must be a positive integer", "got 0", "Where: --nfe"], out=False,
+         note=NO_MODEL + "; before the FID / FD networks either"),
+    Case("eval-nfe-binding-zero", "NFE", [*TEACHER, "-b", "MatchingTrainer.eval_nfe = 0"],
+         ["MatchingTrainer.eval_nfe must be a positive integer, got 0", "MatchingTrainer.eval_nfe to an integer >= 1"]),
+    Case("eval-nfe-binding-not-an-integer", "NFE", [*TEACHER, "-b", "MatchingTrainer.eval_nfe = 2.5"],
+         ["MatchingTrainer.eval_nfe must be a positive integer, got 2.5"]),
 ]
 
 
@@ -333,6 +352,28 @@ def test_real_process_exit_code_and_stderr(case_id, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr and proc.stdout == ""
     assert case.expect[0].replace("{tmp}", str(tmp_path)) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_a_valid_nfe_goes_on_to_the_model(command, tmp_path):
+    """Calibration of the NFE cases: with --nfe 2 the same command goes on to the expensive work (sample: looking
+    up the model; eval: its FD classifier) and fails there, so in the cases the NFE was refused before it."""
+    args = [command, "no_such_model", "--nfe", "2"] + (["--out", str(tmp_path / "out")] if command == "sample" else
+                                                        ["--no-fid", "--fd-classifier", str(tmp_path / "none.pt")])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--nfe must be" not in result.stderr, result.stderr
+    expected = "no trained model called 'no_such_model'" if command == "sample" else "none.pt does not exist"
+    assert expected in result.stderr, result.stderr
+
+
+def test_nfe_not_an_integer_in_a_real_process(tmp_path):
+    """`--nfe 2.5` was the option parser's usage error (a boxed 'Invalid value'); now the one-paragraph message."""
+    proc = subprocess.run([sys.executable, "-m", "realuid", "sample", "no_such_model", "--nfe", "2.5", "--out",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: --nfe must be a positive integer") and "got 2.5" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Invalid value" not in proc.stderr and proc.stdout == ""
     assert not (tmp_path / "out").exists()
 
 

@@ -353,3 +353,45 @@ def test_save_refuses_non_finite_weights(tmp_path):
     with pytest.raises(TrainingDiverged, match="holds NaN/Inf at step 5"):
         trainer.save()
     assert [checkpoint_step(p) for p in checkpoints(tmp_path / "run" / "checkpoints")] == [0]
+
+
+# -- EMA and running means without host syncs -----------------------------------------------------------------------
+def test_ema_follows_its_formula_and_resumes_its_count_from_a_checkpoint():
+    """theta_ema <- d theta_ema + (1 - d) theta with d = min(decay, (1 + n) / (10 + n)), n read from the state."""
+    from realuid.engine.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).double()
+    ema = EMA(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    assert all(torch.allclose(a, e, rtol=1e-12) for a, e in zip(ema.model.parameters(), expected))
+    # a fresh EMA loaded from the state continues at n = 5, not at n = 0 (calibration: d differs at n = 0)
+    resumed = EMA(model, decay=0.9)
+    resumed.load_state_dict(ema.state_dict())
+    resumed.update(model)
+    ema.update(model)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), ema.model.parameters()))
+    fresh = EMA(model, decay=0.9)
+    fresh.load_state_dict({**ema.state_dict(), "updates": torch.tensor(0)})
+    fresh.update(model)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.model.parameters(), ema.model.parameters()))
+
+
+def test_running_means_skip_non_finite_values_and_checkpoint_as_numbers(tmp_path):
+    from realuid.engine.runner import build
+
+    trainer, _ = build(Path(__file__).resolve().parents[1] / "gin" / "uid_fm_gmm.gin", [], out=tmp_path / "r",
+                       progress=False)
+    trainer.running.clear()
+    for value in (1.0, float("nan"), 3.0, float("inf")):
+        trainer.accumulate({"loss": torch.tensor(value), "lr": 0.5})
+    assert trainer.running_means() == {"loss": 2.0, "lr": 0.5}
+    assert trainer.running_state() == {"loss": [4.0, 2], "lr": [2.0, 4]}
+    assert all(isinstance(x, (int, float)) for pair in trainer.running_state().values() for x in pair)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import gin
@@ -101,3 +104,60 @@ def test_run_folder_contents(tmp_path):
     assert names == ["checkpoints", "config.gin", "metrics.jsonl", "run.json", "samples.npy", "samples.png"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000010.pt", "step_00000010.pt.sha256"]
     assert json.loads((out / "run.json").read_text())["seed"] == 3
+
+
+IMPORTED = '''
+from realuid.objectives import RealUID
+from realuid.registry import register
+
+
+@register("objective")
+class ImportedUID(RealUID):
+    """Test only: RealUID under another name, registered by a .py file given to --import."""
+'''
+
+
+def resume_in(cwd: Path, run: Path, *binds: str) -> subprocess.CompletedProcess:
+    """`realuid run --resume RUN` in a fresh process started in ``cwd`` (so nothing is imported already)."""
+    return subprocess.run([sys.executable, "-m", "realuid", "run", "--resume", str(run), "--no-progress",
+                           *bind_args(*binds)], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_an_imported_py_file_is_found_when_resuming_from_another_folder(tmp_path, monkeypatch):
+    """run.json records `--import my_components.py` as an absolute path: --resume works from any folder."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "my_components.py").write_text(IMPORTED)
+    monkeypatch.chdir(project)
+    code, _, stderr = cli("run", str(ROOT / RECIPE), "--out", "run", "--no-progress", "--import", "my_components.py",
+                          *bind_args(*SMALL, "DistillationTrainer.steps = 10",
+                                     "DistillationTrainer.objective = @ImportedUID()"))
+    assert code == 0, stderr
+    run_json = project / "run" / "run.json"
+    recorded = json.loads(run_json.read_text())["imports"]
+    assert recorded == [str(project.resolve() / "my_components.py")]
+    assert Path(recorded[0]).is_absolute() and Path(recorded[0]).is_file()
+
+    proc = resume_in(elsewhere, project / "run", "DistillationTrainer.steps = 20")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["step"] for r in rows(project / "run")] == [10, 20]
+    assert json.loads(run_json.read_text())["imports"] == recorded
+
+    # Calibration: the path as given (relative: what run.json used to record) is not found from another folder.
+    meta = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**meta, "imports": ["my_components.py"]}))
+    proc = resume_in(elsewhere, project / "run", "DistillationTrainer.steps = 30")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: the run imports my_components.py, which does not exist (a relative path, "
+                                  f"looked up from {elsewhere.resolve()})") and "Traceback" not in proc.stderr
+    assert "--import path/to/my_components.py" in proc.stderr
+    assert [r["step"] for r in rows(project / "run")] == [10, 20]
+
+    # ... and --import with the file's path from there stands in for it; run.json records it absolute again.
+    monkeypatch.chdir(elsewhere)
+    code, _, stderr = cli("run", "--resume", str(project / "run"), "--no-progress",
+                          "--import", "../project/my_components.py")
+    assert code == 0, stderr
+    assert json.loads(run_json.read_text())["imports"] == recorded

@@ -29,6 +29,7 @@ from realuid.engine.runner import build
 from realuid.errors import UserError
 from realuid.objectives import DMDKL, Fields, RealUID, SiD, WithGAN
 from realuid.paths import RectifiedFlow
+from realuid.paths.base import PathSample
 from realuid.teachers import AnalyticTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -523,3 +524,85 @@ def test_sid_refuses_the_velocity_parameterisation(tmp_path):
     with pytest.raises(UserError) as err:
         tr.objective.generator_loss(tr.fields, gen)
     assert "DistillationTrainer.parameterization" in err.value.message
+
+
+# -- the study tool's theory --------------------------------------------------------------------------
+def test_ideal_weights_of_the_real_data_study_match_the_closed_form():
+    """tools/real_data_study.py's minimiser over mode weights: beta = alpha gives (p^T - (1-alpha) p*) / alpha.
+
+    (alpha = beta = 1 gives the teacher.) Calibration: beta != alpha gives other weights.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_data_study", ROOT / "tools" / "real_data_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    means = [[-4.0, 0.0], [4.0, 0.0], [0.0, 6.928203]]
+    data, teacher = GaussianMixture(means, 0.5), GaussianMixture(means, 0.5, weights=[2.0, 1.0, 1.0])
+    for alpha in (1.0, 0.9):
+        want = (teacher.weights - (1 - alpha) * data.weights) / alpha
+        got = torch.tensor(study.ideal_weights(data, teacher, alpha, alpha, times=16, points=1024), dtype=F64)
+        assert torch.allclose(got, want, atol=2e-3), (alpha, got, want)
+    other = torch.tensor(study.ideal_weights(data, teacher, 0.6, 0.3, times=16, points=1024), dtype=F64)
+    assert (other - (teacher.weights - 0.4 * data.weights) / 0.6).abs().max() > 0.02, other
+
+
+# -- one forward for the generated and the real batch ---------------------------------------------------------------
+class CountingField(nn.Module):
+    """An MLP field (x0 parameterisation) that counts its calls and the batch sizes it saw."""
+
+    parameterization = "x0"
+
+    def __init__(self, dim: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, 32), nn.SiLU(), nn.Linear(32, dim)).double()
+        self.batches: list[int] = []
+
+    def forward(self, x_t, t, cond=None):
+        self.batches.append(x_t.shape[0])
+        return self.net(torch.cat([x_t, t[:, None]], dim=1))
+
+
+@pytest.mark.parametrize("make", [lambda: RealUID(0.94, 0.96), lambda: RealUID(0.9, 0.95, gamma=0.8),
+                                  lambda: RealUID(0.94, 0.96, distance=NormalizedL2()), lambda: DMDKL(0.9)],
+                         ids=["realuid", "general-gamma", "normalized", "dmd-kl-real"])
+def test_fake_loss_of_the_concatenated_batch_equals_two_separate_losses(make):
+    """The fake step puts generated and real samples through the networks as one batch (one call of 2B).
+
+    Its loss and gradient equal the sum of the two batches' losses computed one call each (float64);
+    calibration: the separate losses really differ (the real term is not a copy of the generated one).
+    """
+    path, data = RectifiedFlow(), GaussianMixture([[-2.0, 0.0], [2.0, 1.0]], 0.5)
+    objective = make()
+    fake, teacher_field = CountingField(), CountingField()
+    fields = Fields(teacher_field, fake, path, "x0")
+    gen, _, real = draw(path, GaussianGenerator([0.3, -0.2], 0.8), 64, seed=1, real=data)
+    gen = gen.detach()
+
+    loss, logs = objective.fake_loss(fields, gen, real)
+    assert fake.batches == [128], fake.batches  # one call of generated + real
+    joint_grad = grads(loss, list(fake.parameters()))
+
+    separate = [objective._fake_parts(fields, [s], [c])[0]
+                for s, c in ((gen, objective.on_generated), (real, objective.on_real))]
+    assert fake.batches[1:] == [64, 64]
+    assert torch.allclose(loss, separate[0] + separate[1], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(logs["fake_loss_real"], separate[1], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(joint_grad, grads(separate[0] + separate[1], list(fake.parameters())), rtol=1e-10,
+                          atol=1e-12)
+    assert not torch.allclose(separate[0], separate[1])
+
+
+def test_conditions_that_do_not_stack_fall_back_to_one_call_per_batch():
+    path = RectifiedFlow()
+    gen, _, real = draw(path, GaussianGenerator([0.3, -0.2], 0.8), 16, seed=2,
+                        real=GaussianMixture([[0.0, 0.0]], 1.0))
+    from dataclasses import replace
+
+    assert PathSample.concat(gen, real).x_t.shape[0] == 32
+    assert PathSample.concat(replace(gen, cond="a"), replace(real, cond="b")) is None   # not tensors
+    assert PathSample.concat(replace(gen, z=torch.zeros(16, 2, dtype=F64)), real) is None  # z in one only
+    fake = CountingField()
+    RealUID(0.94, 0.96).fake_loss(Fields(CountingField(), fake, path, "x0"), replace(gen.detach(), cond="a"),
+                                  replace(real, cond="b"))
+    assert fake.batches == [16, 16]

@@ -25,7 +25,10 @@ IMPROVEMENT = 0.75  # final SW must be below 75% of the initial SW
 STEPS = 200
 # Recipes that need a longer brief run to leave the one-mode phase every run starts with
 # (measured at 200 steps: SW ratio 0.85 for realuid_fm, 0.89-0.91 for the DMD-KL recipes; 0.41-0.48 at 300).
-LONGER = {"realuid_fm_gmm.gin": 300, "dmd_kl_vp_gmm.gin": 300, "dmd_kl_real_vp_gmm.gin": 300}
+# DMD-KL with real data sits at the edge at 300: seed 0 gave ratio 0.54 with the generated and real batches
+# through the fake model in two calls and 0.89 (one mode) with the same batches in one call (float rounding
+# alone, chaotic trajectory); 0.43 at 400 steps.
+LONGER = {"realuid_fm_gmm.gin": 300, "dmd_kl_vp_gmm.gin": 300, "dmd_kl_real_vp_gmm.gin": 400}
 # Recipes measured to stay on one mode far longer than a brief run (SW ratio 0.99-1.05 after 600 steps on
 # seed 0; FGM and normalized UID reach two of the three modes after ~750 steps, EDM UID never in 2000):
 # a finding about these objectives on this mixture, kept visible (strict: a fix makes the test fail until

@@ -15,6 +15,7 @@ writes JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -62,13 +63,51 @@ def timed(fn, warmup: int, repeats: int) -> float:
 
 
 def count_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call, counted in eager mode.
+
+    Compiled code is not run under the counter: a frame that dynamo fails to
+    trace under a dispatch mode is skipped for good, which silently sent every
+    later call of the compiled networks back to eager mode (seen on the H100:
+    compile "on" timed like "off"). The count is the same either way (fusion
+    changes memory traffic, not matmul/convolution FLOPs).
+    """
+    stance = getattr(torch.compiler, "set_stance", None)
+    eager = stance("force_eager") if stance is not None else contextlib.nullcontext()
+    with eager, FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
 
+def profile_cycle(fn, rows: int) -> dict:
+    """One call of ``fn`` under ``torch.profiler``: the ops with the most self device time, and device busy time.
+
+    ``busy_ms`` (the sum of every op's self device time) against ``wall_ms``
+    says whether the step is bound by its kernels (busy ~ wall) or by the host
+    (launches, syncs, Python: busy << wall).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fn()
+        sync()
+    wall = time.perf_counter() - start
+
+    def device_us(e) -> float:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(device_us(e) for e in kernels)   # kernels only: an op's device time is its kernels' again
+    top = sorted(kernels, key=device_us, reverse=True)[:rows]
+    return {"wall_ms": wall * 1e3, "busy_ms": busy / 1e3,
+            "top": [{"op": e.key, "calls": e.count, "device_ms": device_us(e) / 1e3,
+                     "share": device_us(e) / busy if busy else 0.0} for e in top]}
+
+
 def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: bool, binds: list[str],
-                  warmup: int, repeats: int) -> dict:
+                  warmup: int, repeats: int, profile_rows: int = 0) -> dict:
     extra = [f"DistillationTrainer.precision = '{precision}'", f"DistillationTrainer.compile = {compile_}", *binds]
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = build(recipe, extra, out=Path(tmp) / "d", progress=False)
@@ -78,51 +117,80 @@ def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: bo
         k, batch = trainer.fake_steps, trainer.batch_size
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        kinds = {
-            "teacher step": (teacher_trainer.train_step, 1),
-            "fake step": (trainer.fake_step, 1),
-            "generator step": (trainer.generator_step, 1),
-            f"cycle (K={k})": (trainer.train_step, k + 1),
+        kinds = {  # name: (step, updates, batch of each update)
+            "teacher step": (teacher_trainer.train_step, 1, teacher_trainer.batch_size),
+            "fake step": (trainer.fake_step, 1, batch),
+            "generator step": (trainer.generator_step, 1, batch),
+            f"cycle (K={k})": (trainer.train_step, k + 1, batch),
         }
         rows = {}
-        for name, (fn, updates) in kinds.items():
+        for name, (fn, updates, images) in kinds.items():
             seconds = timed(fn, warmup, repeats)
             flops = count_flops(fn)
             peak = peak_flops(precision)
             rows[name] = {
-                "ms": seconds * 1e3, "images_per_s": batch * updates / seconds, "gflop": flops / 1e9,
+                "batch_size": images,
+                "ms": seconds * 1e3, "images_per_s": images * updates / seconds, "gflop": flops / 1e9,
                 "tflops_per_s": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / peak,
             }
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        profiled = profile_cycle(trainer.train_step, profile_rows) if profile_rows else None
     return {"precision": precision, "compile": compile_, "batch_size": batch, "peak_memory_gib": peak_mem,
-            "steps": rows}
+            "steps": rows, "profile": profiled, "dynamo": dynamo_counters() if compile_ else None}
+
+
+def dynamo_counters() -> dict:
+    """What torch.compile did so far (graphs captured, frames, graph breaks): proof that compiled code ran."""
+    from torch._dynamo.utils import counters
+
+    return {"stats": dict(counters["stats"]), "frames": dict(counters["frames"]),
+            "graph_breaks": sum(counters["graph_break"].values()), "recompiles": dict(counters["recompiles"])}
 
 
 def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm_cifar_teacher.gin",
          precision: list[str] = typer.Option(["bf16"], "--precision"),
          compile: list[str] = typer.Option(["off"], "--compile", help="off and/or on"),
          bind: list[str] = typer.Option([], "--bind", "-b"), warmup: int = 3, repeats: int = 10,
+         profile: int = typer.Option(0, help="also profile one distillation cycle: show this many top ops"),
          out: Path = Path("runs/bench_step.json")):
-    """Time every step kind for every precision x compile setting."""
+    """Time every step kind for every precision x compile setting (and profile a cycle with --profile N)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results = {"device": device, "torch": torch.__version__, "recipe": recipe, "settings": []}
     for p in precision:
         for c in compile:
-            results["settings"].append(bench_setting(recipe, teacher_recipe, p, c == "on", bind, warmup, repeats))
+            results["settings"].append(bench_setting(recipe, teacher_recipe, p, c == "on", bind, warmup, repeats,
+                                                     profile))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
 
     table = Table(title=f"step benchmark on {device} ({recipe})")
-    for col in ("precision", "compile", "step", "ms", "img/s", "GFLOP", "TFLOP/s", "MFU", "peak GiB"):
+    for col in ("precision", "compile", "step", "batch", "ms", "img/s", "GFLOP", "TFLOP/s", "MFU", "peak GiB"):
         table.add_column(col, justify="right")
     for s in results["settings"]:
         for name, r in s["steps"].items():
-            table.add_row(s["precision"], "on" if s["compile"] else "off", name, f"{r['ms']:.1f}",
+            table.add_row(s["precision"], "on" if s["compile"] else "off", name, str(r["batch_size"]),
+                          f"{r['ms']:.1f}",
                           f"{r['images_per_s']:.0f}", f"{r['gflop']:.0f}", f"{r['tflops_per_s']:.1f}",
                           "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
                           "-" if s["peak_memory_gib"] is None else f"{s['peak_memory_gib']:.1f}")
     Console().print(table)
+    for s in results["settings"]:
+        if s["dynamo"]:
+            Console().print(f"torch.compile after the {s['precision']} setting: {s['dynamo']}")
+        if s["profile"]:
+            print_profile(s)
     Console().print(f"wrote {out}")
+
+
+def print_profile(setting: dict) -> None:
+    prof = setting["profile"]
+    table = Table(title=f"one cycle, {setting['precision']}, compile {'on' if setting['compile'] else 'off'}: "
+                        f"device busy {prof['busy_ms']:.1f} ms of {prof['wall_ms']:.1f} ms wall")
+    for col in ("kernel", "calls", "device ms", "share"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in prof["top"]:
+        table.add_row(r["op"][:90], str(r["calls"]), f"{r['device_ms']:.2f}", f"{100 * r['share']:.1f}%")
+    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,21 @@ def to_channels_last(*modules: nn.Module | None) -> None:
 
 
 def compile_networks(*modules: nn.Module | None) -> None:
-    """``module.compile()`` in place (``torch.compile`` of its forward; parameter names stay the same)."""
+    """``module.compile()`` in place (``torch.compile`` of its forward; parameter names stay the same).
+
+    Shapes are static: each batch size (B for the generator, 2B for the fake
+    model's generated + real batch, the evaluation batch) gets its own graph,
+    specialised kernels rather than one symbolic-shape graph.
+    """
+    # Every U-Net instance (teacher, fake model, generator, their EMA) shares one ``forward`` code object, and
+    # each (instance, grad mode, batch size) is a cache entry of it: dynamo's default of 8 entries would
+    # silently send the rest back to eager mode.
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 128))
     for module in modules:
         if isinstance(module, nn.Module):
-            module.compile()
+            module.compile(dynamic=False)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, decay: str, final: float):
@@ -152,7 +163,8 @@ class NonFiniteGuard:
         return max(self.streaks.values(), default=0)
 
     def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, where: str, step: int | None = None) -> bool:
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        both = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(()).to(loss.device)])
+        if bool(torch.isfinite(both).all()):   # one host sync per update
             self.streaks[where] = 0
             return True
         self.total += 1
@@ -361,9 +373,9 @@ class TrainingLoop:
                      where: str, grad_clip: float) -> bool:
         """Backward, average gradients over ranks, clip, and step unless the loss or gradient is non-finite."""
         optimizer.zero_grad(set_to_none=True)
-        if not self.dist.enabled and not torch.isfinite(loss):
-            return self.guard.ok(loss, loss, where, self.step + 1)
-        loss.backward()   # under data parallelism a NaN loss still backpropagates, so every rank skips alike
+        # No check before backward (it would stall the host on the forward): a non-finite loss makes a
+        # non-finite gradient norm, and the one check below skips the update, on every rank alike.
+        loss.backward()
         if self.dist.enabled:
             self.dist.average_gradients(params)
             loss = self.dist.mean(loss)
@@ -375,19 +387,51 @@ class TrainingLoop:
         return True
 
     def accumulate(self, logs: dict) -> None:
-        """Add a step's numbers to the running means written at the next evaluation."""
+        """Add a step's numbers to the running means written at the next evaluation.
+
+        Tensors are summed where they live, so a step costs no host sync; the
+        sums are read at the next report. Non-finite values (a skipped update,
+        counted in ``bad_steps``) are left out of the means.
+        """
         for key, value in logs.items():
-            value = float(value)
-            if not math.isfinite(value):  # a skipped update: counted in bad_steps, not averaged
-                continue
             acc = self.running[key]
-            acc[0] += value
-            acc[1] += 1
+            if isinstance(value, torch.Tensor):
+                value = value.detach().double()
+                finite = torch.isfinite(value)
+                acc[0] = acc[0] + torch.where(finite, value, 0.0)
+                acc[1] = acc[1] + finite.long()
+            elif math.isfinite(value):
+                acc[0] += value
+                acc[1] += 1
+
+    def running_state(self) -> dict[str, list]:
+        """The running sums and counts as plain numbers (for checkpoints)."""
+        return {k: [float(s), int(c)] for k, (s, c) in self.running.items()}
 
     def running_means(self) -> dict:
-        return {k: s / max(c, 1) for k, (s, c) in self.running.items()}
+        return {k: s / max(c, 1) for k, (s, c) in self.running_state().items()}
 
     # -- reporting ----------------------------------------------------------------------------------------------------
+    def learning_rates(self) -> dict:
+        """The current learning rate(s), by name, for every metrics row."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        """One row of metrics.jsonl: running means, learning rates, bad steps, and the metrics of
+        fixed-noise EMA samples (drawn on rank 0 only)."""
+        row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
+        row.update(self.running_means())
+        row.update({**self.learning_rates(), "bad_steps": self.guard.total})
+        if self.dist.is_main:
+            samples = self.sample(self.eval_samples)
+            self.last_samples = samples
+            if self.data.is_image:
+                self.save_sample_grid(samples)
+            for metric in self.metrics:
+                row.update(metric(samples))
+        self.report(row)
+        return row
+
     def report(self, row: dict) -> None:
         """Append a row to metrics.jsonl and its numbers to TensorBoard (rank 0 only); resets the running means."""
         if torch.cuda.is_available() and self.device.type == "cuda":

@@ -123,7 +123,7 @@ class MatchingTrainer(TrainingLoop):
         self.dist.broadcast_(self.network)
         self.field = NetworkField(self.network, path, parameterization)
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=lr, betas=tuple(betas),
-                                           weight_decay=weight_decay)
+                                           weight_decay=weight_decay, fused=self.device.type == "cuda")
         self.schedule = build_schedule(self.optimizer, steps, warmup_steps, lr_decay, lr_final)
         self.ema = EMA(self.network, ema_decay)
         self.guard = NonFiniteGuard(max_bad_steps, owner=where)
@@ -183,20 +183,8 @@ class MatchingTrainer(TrainingLoop):
                                       solver or self.eval_solver, cfg, autocast=self.autocast))
         return torch.cat(out)
 
-    def evaluate(self) -> dict:
-        """One row of metrics.jsonl: running losses, lr, and the metrics of fixed-noise EMA samples (rank 0)."""
-        row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
-        row.update(self.running_means())
-        row.update({"lr": self.schedule.get_last_lr()[0], "bad_steps": self.guard.total})
-        if self.dist.is_main:
-            samples = self.sample(self.eval_samples)
-            self.last_samples = samples
-            if self.data.is_image:
-                self.save_sample_grid(samples)
-            for metric in self.metrics:
-                row.update(metric(samples))
-        self.report(row)
-        return row
+    def learning_rates(self) -> dict:
+        return {"lr": self.schedule.get_last_lr()[0]}
 
     @staticmethod
     def _status(logs: dict, row: dict | None) -> str:
@@ -228,7 +216,7 @@ class MatchingTrainer(TrainingLoop):
             "network": self.network.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "data": self.data.state_dict(),
-            "guard": self.guard.state_dict(), "running": {k: list(v) for k, v in self.running.items()},
+            "guard": self.guard.state_dict(), "running": self.running_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)

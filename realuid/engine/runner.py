@@ -22,7 +22,7 @@ import gin
 import torch
 
 import realuid
-from realuid.config import call_configured, import_modules, parse_recipe
+from realuid.config import absolute_imports, call_configured, import_modules, parse_recipe
 from realuid.engine.checkpoint import atomic_write_text, checkpoints
 from realuid.errors import UserError
 
@@ -89,6 +89,48 @@ def _read_run_json(out: Path) -> dict:
     return meta
 
 
+def _recorded_imports(meta: dict, path: Path) -> list[str]:
+    """The ``imports`` list of a run.json (``path``): module names and .py paths."""
+    imports = meta.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise UserError(f"{path} records imports {imports!r}, not a list of module names or .py paths", "--resume",
+                        "restore run.json, or fix its \"imports\" entry (e.g. [\"/abs/path/my_paths.py\"])")
+    return imports
+
+
+def _resume_imports(recorded: Sequence[str], given: Sequence[str], run_json: Path) -> list[str]:
+    """The imports of a resumed run: those its run.json records, then any new ``--import``.
+
+    A fresh run records a .py file as its absolute path, so a resume from any
+    folder finds it. A recorded file that is missing (moved, or a relative path
+    that an older realuid recorded) is replaced by a ``--import`` file of the
+    same name; without one the resume is refused with how to fix it.
+    """
+    given = absolute_imports(given)
+    imports: list[str] = []
+    for name in recorded:
+        if name.endswith(".py"):
+            name = _recorded_file(name, given, run_json)
+        if name not in imports:
+            imports.append(name)
+    return imports + [g for g in given if g not in imports]
+
+
+def _recorded_file(name: str, given: Sequence[str], run_json: Path) -> str:
+    """The absolute path of a recorded .py import: the file itself, else a given .py file of the same name."""
+    if Path(name).is_file():
+        return str(Path(name).resolve())
+    stand_ins = [g for g in given if g.endswith(".py") and Path(g).name == Path(name).name]
+    if stand_ins:
+        return stand_ins[0]
+    relative = not Path(name).is_absolute()
+    raise UserError(f"the run imports {name}, which does not exist"
+                    + (f" (a relative path, looked up from {Path.cwd()})" if relative else ""),
+                    f"{run_json} (imports)",
+                    f"pass --import with the file's current path, e.g. --import path/to/{Path(name).name}"
+                    + ("; or resume from the folder the run was started in" if relative else ""))
+
+
 def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
           out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool = True):
@@ -114,7 +156,7 @@ def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequenc
             raise UserError(f"{out} is not a run folder (no config.gin)", "--resume",
                             "give the folder a previous `realuid run` wrote")
         meta = _read_run_json(out)
-        imports = list(meta.get("imports", [])) + [i for i in imports if i not in meta.get("imports", [])]
+        imports = _resume_imports(_recorded_imports(meta, out / "run.json"), imports, out / "run.json")
         saved_seed = meta.get("seed", 0 if seed is None else seed)
         if seed is not None and seed != saved_seed:
             raise UserError(f"--seed {seed} differs from the seed {saved_seed} the run started with", "--seed",
@@ -131,6 +173,7 @@ def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequenc
         if int(os.environ.get("RANK", "0")) == 0:   # under torchrun rank 0 alone owns the folder
             _check_fresh_out(out, overwrite)
         import_modules(imports)
+        imports = absolute_imports(imports)   # recorded so: --resume works from any folder
         parse_recipe(recipe, binds)
     torch.manual_seed(seed)
     trainer_cls = call_configured(experiment)
@@ -146,6 +189,7 @@ def write_run_files(trainer, meta: dict, recipe, binds: Sequence[str], overwrite
     if resume:
         info = _read_run_json(out)
         info.setdefault("resumes", []).append({"bindings": list(binds), "argv": sys.argv, "time": now})
+        info["imports"] = list(meta["imports"])   # with new --import values and moved files' new paths
         if binds:  # extra bindings change the run: keep config.gin operative for the next resume
             atomic_write_text(out / "config.gin", gin.operative_config_str())
         atomic_write_text(out / "run.json", json.dumps(info, indent=2) + "\n")

@@ -149,8 +149,10 @@ class DistillationTrainer(TrainingLoop):
             to_channels_last(self.generator, self.fake, self.teacher, self.objective_modules)
         self.dist.broadcast_(self.generator, self.fake, self.objective_modules)
 
-        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=lr_generator, betas=tuple(betas))
-        self.opt_fake = torch.optim.Adam(self._fake_side_parameters(), lr=lr_fake, betas=tuple(betas))
+        fused = self.device.type == "cuda"   # one kernel per update instead of one per tensor group
+        self.opt_generator = torch.optim.Adam(self.generator.parameters(), lr=lr_generator, betas=tuple(betas),
+                                              fused=fused)
+        self.opt_fake = torch.optim.Adam(self._fake_side_parameters(), lr=lr_fake, betas=tuple(betas), fused=fused)
         self.sched_generator = build_schedule(self.opt_generator, steps, warmup_steps, lr_decay, lr_final)
         self.sched_fake = build_schedule(self.opt_fake, steps, warmup_steps, lr_decay, lr_final)
         self.ema = EMA(self.generator, ema_decay)
@@ -320,20 +322,8 @@ class DistillationTrainer(TrainingLoop):
                 self.data.load_state_dict(position)
         return torch.cat(out)
 
-    def evaluate(self) -> dict:
-        """One row of metrics.jsonl: running means, lr, metrics of fixed-noise EMA samples (rank 0 samples)."""
-        row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
-        row.update(self.running_means())
-        row.update({"lr_generator": self.sched_generator.get_last_lr()[0], "bad_steps": self.guard.total})
-        if self.dist.is_main:
-            samples = self.sample(self.eval_samples)
-            self.last_samples = samples
-            if self.data.is_image:
-                self.save_sample_grid(samples)
-            for metric in self.metrics:
-                row.update(metric(samples))
-        self.report(row)
-        return row
+    def learning_rates(self) -> dict:
+        return {"lr_generator": self.sched_generator.get_last_lr()[0]}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -344,7 +334,7 @@ class DistillationTrainer(TrainingLoop):
             "opt_generator": self.opt_generator.state_dict(), "opt_fake": self.opt_fake.state_dict(),
             "sched_generator": self.sched_generator.state_dict(), "sched_fake": self.sched_fake.state_dict(),
             "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "data": self.data.state_dict(),
-            "guard": self.guard.state_dict(), "running": {k: list(v) for k, v in self.running.items()},
+            "guard": self.guard.state_dict(), "running": self.running_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)

@@ -71,6 +71,24 @@ class PathSample:
         return replace(self, **{k: getattr(self, k).detach() for k in ("x0", "x1", "t", "x_t")},
                        z=None if self.z is None else self.z.detach())
 
+    @staticmethod
+    def concat(a: "PathSample", b: "PathSample") -> "PathSample | None":
+        """``a`` and ``b`` stacked along the batch (one network call for both), or None where they cannot be.
+
+        Fields that are None in both stay None; a field present in one only, or a
+        condition that is not a tensor, makes the pair unstackable.
+        """
+        def cat(u, v):
+            if u is None and v is None:
+                return None
+            if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)):
+                raise TypeError
+            return torch.cat([u, v])
+        try:
+            return PathSample(**{k: cat(getattr(a, k), getattr(b, k)) for k in ("x0", "x1", "t", "x_t", "z", "cond")})
+        except TypeError:
+            return None
+
 
 def expand_like(s: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
     """Reshape a per-sample scalar [B] to broadcast against x [B, ...]."""

@@ -1,0 +1,112 @@
+"""Shared plumbing of the CIFAR-10 GPU tools (``speedrun_cifar.py``, ``convergence_cifar.py``).
+
+Every phase is the real command line a user would type (``realuid run``,
+``realuid eval``, ``tools/train_fd_classifier.py``), run as a subprocess so
+that gin's global state never leaks between phases; its exact command, wall
+time and exit code are recorded and its output is appended to one log.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A 6.5M-parameter variant of the paper's 35.7M U-Net (64 channels, multipliers 1, 2, 2, attention at 16x16):
+# small enough to train a usable teacher in minutes of one GPU.
+SMALL_UNET = ("UNet.model_channels = 64", "UNet.channel_mult = (1, 2, 2)", "UNet.num_res_blocks = 2",
+              "UNet.dropout = 0.0")
+
+
+def realuid(*args: str) -> list[str]:
+    return [sys.executable, "-m", "realuid", *args]
+
+
+def binds(bindings) -> list[str]:
+    """``-b B`` for each gin binding."""
+    return [arg for b in bindings for arg in ("-b", b)]
+
+
+@dataclass
+class Phases:
+    """Runs, times and records commands; a failed phase is recorded and reported, never hidden."""
+
+    log: Path
+    records: list[dict] = field(default_factory=list)
+    start: float = field(default_factory=time.perf_counter)
+
+    def run(self, name: str, argv: list[str], env: dict | None = None) -> bool:
+        command = shlex.join(str(a) for a in argv)
+        print(f"=== [{time.perf_counter() - self.start:.0f} s] {name}: {command}", flush=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        with self.log.open("a") as log:
+            log.write(f"=== {name}: {command}\n")
+            log.flush()
+            proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        seconds = time.perf_counter() - began
+        self.records.append({"phase": name, "command": command, "seconds": round(seconds, 2),
+                             "rc": proc.returncode})
+        if proc.returncode != 0:
+            print(f"!!! phase {name} failed with exit code {proc.returncode} (see {self.log})", flush=True)
+        return proc.returncode == 0
+
+    def seconds(self, name: str) -> float | None:
+        return next((r["seconds"] for r in self.records if r["phase"] == name), None)
+
+
+def trainer_binds(trainer: str, *, device: str, precision: str, batch: int, seconds: float, eval_every: int,
+                  eval_samples: int, cache: Path, classifier: Path | None, compile_: bool) -> list[str]:
+    """Bindings shared by every training phase: device, precision, batch, a time limit instead of a step count."""
+    out = [f"CIFAR10Shards.cache_dir = '{cache}'", "CIFAR10Shards.num_workers = 8",
+           f"{trainer}.device = '{device}'", f"{trainer}.precision = '{precision}'", f"{trainer}.batch_size = {batch}",
+           f"{trainer}.steps = 100000000", f"{trainer}.time_limit = {seconds}", f"{trainer}.eval_every = {eval_every}",
+           f"{trainer}.checkpoint_every = 100000000", f"{trainer}.eval_samples = {eval_samples}",
+           f"{trainer}.compile = {compile_}"]
+    if classifier is not None:
+        out += [f"ClassifierFD.classifier_path = '{classifier}'", f"{trainer}.metrics = [@ClassifierFD()]"]
+    return out
+
+
+# Smoke settings (CPU, seconds): a tiny classifier on 300 images, reference statistics of 256 images.
+SMOKE_CLASSIFIER = ("--limit", "300", "--widths", "8,16", "--num-workers", "1", "--batch-size", "64")
+SMOKE_EVAL = ("--reference-limit", "256")
+
+
+def ensure_classifier(phases: Phases, path: Path, epochs: int, device: str, smoke: bool = False) -> Path | None:
+    """The FD classifier at ``path``, trained first when it does not exist (None if that fails)."""
+    if not path.is_file():
+        extra = SMOKE_CLASSIFIER if smoke else ("--num-workers", "8")
+        phases.run("fd_classifier", [sys.executable, "tools/train_fd_classifier.py", "--out", str(path),
+                                     "--manifest", str(path.with_suffix(".toml")), "--epochs", str(epochs),
+                                     "--device", device, *extra])
+    return path if path.is_file() else None
+
+
+def evaluate(phases: Phases, name: str, source: Path, classifier: Path, out: Path, *, num: int, device: str,
+             precision: str, nfe: int | None = None, smoke: bool = False) -> dict | None:
+    """Classifier FD (and precision/recall, images/s) of a model through ``realuid eval``; None if it failed."""
+    json_path = out / f"{name}.json"
+    argv = realuid("eval", str(source), "--no-fid", "--fd-classifier", str(classifier), "--num", str(num),
+                   "--batch-size", "1000", "--device", device, "--precision", precision, "--json", str(json_path),
+                   "--grid", str(out / f"{name}.png"), *(SMOKE_EVAL if smoke else ()))
+    if nfe is not None:
+        argv += ["--nfe", str(nfe), "--solver", "heun"]
+    if not phases.run(f"eval_{name}", argv) or not json_path.is_file():
+        return None
+    info = json.loads(json_path.read_text())
+    return {**info.get("metrics", {}), "nfe": nfe or 1, "num": info.get("num"),
+            "images_per_s": info.get("images_per_s"), "command": phases.records[-1]["command"]}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
