@@ -6,7 +6,7 @@ relative to the mixture's spread), the mode-weight error, and the wall time
 at which ``sw_rel`` first reached the goal (0.05: SW <= 0.05 in units of a
 unit-spread mixture). Prints a table and writes JSON.
 
-    python tools/bench_gmm.py --seeds 0 1 2 --out runs/bench_gmm.json
+    python tools/bench_gmm.py --seeds 0,1,2 --out runs/bench_gmm.json
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def bench_one(recipe: str, seed: int, steps: int, eval_every: int, goal: float) 
     }
 
 
-def main(seeds: list[int] = typer.Option([0, 1, 2], "--seeds"), steps: int = 2000, eval_every: int = 100,
+def main(seeds: str = typer.Option("0,1,2", help="comma-separated seeds"), steps: int = 2000, eval_every: int = 100,
          goal: float = 0.05, out: Path = Path("runs/bench_gmm.json")):
     """Run every recipe for every seed; print the table and write JSON."""
+    seeds = [int(s) for s in seeds.split(",") if s.strip()]
     results = {"threads": torch.get_num_threads(), "goal_sw_rel": goal, "runs": {}}
     for name, recipe in RECIPES.items():
         results["runs"][name] = [bench_one(recipe, s, steps, eval_every, goal) for s in seeds]
