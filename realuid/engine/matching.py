@@ -78,7 +78,7 @@ class MatchingTrainer(TrainingLoop):
                  ema_decay: float = 0.9999, eval_every: int = 500, eval_samples: int = 1000, eval_nfe: int = 20,
                  eval_solver: str = "heun", checkpoint_every: int = 1000, keep_checkpoints: int = 2,
                  max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32", progress: bool = True,
-                 precision: str = "fp32", channels_last: bool = True, compile: bool = False,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                  tensorboard: bool = True, time_limit: float = 0.0):
         where = self.owner
         for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),

@@ -69,7 +69,8 @@ class DistillationTrainer(TrainingLoop):
         max_bad_steps: stop after this many non-finite steps in a row.
         device: "auto", "cpu" or "cuda[:i]". dtype: "float32" or "float64".
         precision: "fp32" or "bf16" (autocast of forward passes and losses; weights stay float32).
-        channels_last: store image networks' convolution weights channels-last (NHWC).
+        channels_last: store image networks' convolution weights channels-last (NHWC). Off by
+            default: slower for the CIFAR U-Net on an H100 (docs/RESULTS.md).
         compile: ``torch.compile`` the generator's and fake model's networks and the teacher's.
         tensorboard: also write the metrics as TensorBoard scalars under ``RUN/tensorboard``.
         time_limit: stop (final evaluation and checkpoint) once training has taken this many
@@ -95,7 +96,7 @@ class DistillationTrainer(TrainingLoop):
                  generator_checkpoint: str | None = None, eval_every: int = 500,
                  eval_samples: int = 5000, checkpoint_every: int = 1000, keep_checkpoints: int = 2,
                  max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32", progress: bool = True,
-                 precision: str = "fp32", channels_last: bool = True, compile: bool = False,
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
                  tensorboard: bool = True, time_limit: float = 0.0):
         where = "DistillationTrainer"
         for name, value in (("steps", steps), ("batch_size", batch_size), ("fake_steps", fake_steps),
