@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from realuid.errors import UserError
+from realuid.errors import UserError, check
 
 console = Console()
 errors = Console(stderr=True)
@@ -44,11 +44,10 @@ def parse_nfe(text: Optional[str]) -> Optional[int]:
         nfe = int(text.strip())
     except ValueError:
         nfe = None
-    if nfe is None or nfe < 1:
-        raise UserError(f"--nfe must be a positive integer (the number of field evaluations of a teacher's ODE), "
-                        f"got {text}", "--nfe",
-                        "give --nfe 1 or more, e.g. --nfe 100 (Heun) or --nfe 1 (one Euler step); one-step "
-                        "students need none")
+    check(nfe is not None and nfe >= 1,
+          f"--nfe must be a positive integer (the number of field evaluations of a teacher's ODE), got {text}",
+          "--nfe", "give --nfe 1 or more, e.g. --nfe 100 (Heun) or --nfe 1 (one Euler step); one-step students "
+          "need none")
     return nfe
 
 

@@ -16,11 +16,10 @@ import io
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import gin
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -296,13 +295,7 @@ def invoke(case: Case, tmp: Path, debug: bool = False):
     return result
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    gin.clear_config()  # leave no bindings behind for tests that build components directly
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def test_the_battery_is_large_and_ids_are_unique():

@@ -7,7 +7,6 @@ import os
 import pickle
 from pathlib import Path
 
-import gin
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -26,14 +25,7 @@ SMALL = ["DistillationTrainer.batch_size = 32", "DistillationTrainer.fake_steps 
          "DistillationTrainer.keep_checkpoints = 3", "MLP.hidden = 16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    gin.clear_config()  # leave no bindings behind for tests that build components directly
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def cli(*args: str):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gin
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -24,13 +23,7 @@ SMALL = ["DistillationTrainer.batch_size = 32", "DistillationTrainer.fake_steps 
          "DistillationTrainer.checkpoint_every = 10", "MLP.hidden = 16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    gin.clear_config()  # leave no bindings behind for tests that build components directly
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def cli(*args: str):

@@ -20,13 +20,7 @@ SHIFTED_TEACHER = ["AnalyticTeacher.mixture = @teacher/GaussianMixture()",
                    "teacher/GaussianMixture.means = [[-1.0, 3.0], [7.0, 3.0], [3.0, 9.928203]]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small MLPs run as fast on one thread, and a busy machine cannot oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _short(steps: int) -> list[str]:

@@ -117,7 +117,7 @@ def main(teacher_seconds: float = typer.Option(240, help="teacher training time 
     for r in phases.records:
         key = r["phase"].removeprefix("eval_")
         fd = fds.get(key) or {}
-        steps = result["steps"].get({"teacher": "teacher", "student": "student"}.get(r["phase"], ""), None)
+        steps = result["steps"].get(r["phase"])
         table.add_row(r["phase"], f"{r['seconds']:.1f}", "-" if steps is None else str(steps),
                       f"{fd['fd_classifier']:.2f}" if "fd_classifier" in fd else "-",
                       f"{fd['precision_classifier']:.3f}" if "precision_classifier" in fd else "-",
