@@ -13,7 +13,7 @@ from pathlib import Path
 import gin
 
 from realuid.errors import UserError
-from realuid.registry import get, load_builtin_components, suggest
+from realuid.components import get, load_builtin_components, suggest
 
 _UNKNOWN = re.compile(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'")
 _UNKNOWN_PARAM = re.compile(r"Configurable '([\w./]+)' doesn't have a parameter named '(\w+)'")

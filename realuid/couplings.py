@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from realuid.data.base import Batch
 from realuid.errors import UserError, check_range
-from realuid.registry import register
+from realuid.components import register
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from realuid.errors import check_range
-from realuid.registry import register
+from realuid.components import register
 
 
 def sq_norm(x: torch.Tensor) -> torch.Tensor:

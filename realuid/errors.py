@@ -8,6 +8,8 @@ paragraph and exits with code 2; ``--debug`` adds the traceback.
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
     """A mistake in the user's input, reported without a traceback.
@@ -64,3 +66,8 @@ def check_range(value: float, name: str, low: float | None = None, high: float |
         hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
         raise UserError(f"{name} = {value!r} breaks the rule {lo}{name}{hi}", where,
                         f"bind {name} to a value with {lo}{name}{hi}")
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (above the progress bar, which redirects stderr)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

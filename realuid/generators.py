@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from realuid.paths.base import MatchingPath
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("generator")

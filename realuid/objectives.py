@@ -34,7 +34,7 @@ from realuid.distances import Coefficients, Distance, SquaredL2, inner
 from realuid.errors import UserError, check_range
 from realuid.fields import read_as
 from realuid.paths.base import MatchingPath, PathSample
-from realuid.registry import register
+from realuid.components import register
 
 
 @dataclass

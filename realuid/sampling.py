@@ -187,3 +187,35 @@ def class_labels(start: int, n: int, num_classes: int, device) -> torch.Tensor |
     if not num_classes:
         return None
     return torch.arange(start, start + n, device=device) % num_classes
+
+
+def generate(model: "TrainedModel", num: int, nfe: int | None = None, solver: str = "heun", cfg: float = 1.0,
+             batch_size: int = 500, seed: int = 0, device="cpu", precision: str = "fp32", progress=None):
+    """``num`` samples (float in the data's range) and their labels (or None) from a trained model.
+
+    A teacher integrates its ODE with ``nfe`` evaluations; a student takes one step.
+    Class labels cycle 0..C-1. ``progress(done)`` is called after each batch.
+    """
+    import torch
+
+    from realuid.devices import autocast
+
+    device = torch.device(device)
+    context = (lambda: autocast(device, precision)) if precision == "bf16" else None
+    rng = torch.Generator(device).manual_seed(seed)
+    images, labels = [], []
+    for start in range(0, num, batch_size):
+        m = min(batch_size, num - start)
+        z = torch.randn(m, *model.shape, generator=rng, device=device)
+        cond = class_labels(start, m, model.num_classes, device)
+        if model.kind == "teacher":
+            x = sample_teacher(model.module, model.parameterization, model.path, z, cond, nfe, solver, cfg,
+                               autocast=context)
+        else:
+            x = sample_student(model.module, z, cond, autocast=context)
+        images.append(x.float().cpu())
+        if cond is not None:
+            labels.append(cond.cpu())
+        if progress is not None:
+            progress(start + m)
+    return torch.cat(images), (torch.cat(labels) if labels else None)

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from realuid.cli import app
-from realuid.engine import checkpoint as ckpt
-from realuid.engine.checkpoint import (atomic_write_bytes, checkpoint_step, checkpoints, latest_good, load_checkpoint,
-                                       save_checkpoint)
+from realuid import checkpoints as ckpt
+from realuid.checkpoints import checkpoint_step, checkpoints, latest_good, load_checkpoint, save_checkpoint
+from realuid.io import atomic_write_bytes
 from realuid.engine.reporting import MetricsLog
 from realuid.errors import UserError
 
@@ -247,7 +247,7 @@ def test_existing_run_folder_is_never_overwritten_without_a_flag(tmp_path):
 NAN_COMPONENT = '''
 import torch
 from realuid.objectives import RealUID
-from realuid.registry import register
+from realuid.components import register
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -335,7 +335,7 @@ def test_a_run_that_diverges_before_its_first_checkpoint_leaves_no_folder(tmp_pa
 
 def test_save_refuses_non_finite_weights(tmp_path):
     from realuid.engine.runner import build
-    from realuid.engine.trainer import TrainingDiverged
+    from realuid.engine.distillation import TrainingDiverged
 
     trainer, _ = build(RECIPE, [*SMALL, "DistillationTrainer.steps = 5"], out=tmp_path / "run", progress=False)
     trainer.save()

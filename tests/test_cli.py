@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from realuid.cli import app
-from realuid.engine.checkpoint import checkpoints, load_checkpoint
+from realuid.checkpoints import checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "gin/uid_fm_gmm.gin"
@@ -101,7 +101,7 @@ def test_run_folder_contents(tmp_path):
 
 IMPORTED = '''
 from realuid.objectives import RealUID
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("objective")

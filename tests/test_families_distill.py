@@ -105,7 +105,7 @@ def test_the_bridge_generator_sees_the_corrupted_end(tmp_path):
 CUSTOM_PATH = '''
     """A matching path registered outside the package: x_t = (1 - t^2) x0 + t^2 x1."""
     from realuid.paths import AffinePath, Schedule
-    from realuid.registry import register
+    from realuid.components import register
 
 
     @register("path")
@@ -142,5 +142,5 @@ def test_a_path_registered_outside_the_package_distils_by_recipe_alone(tmp_path,
     final = trainer.log.rows()[-1]
     assert on_the_way(final), final
 
-    from realuid.registry import components
+    from realuid.components import components
     assert "OutsideQuadraticFlow" in {c.name for c in components("path")}

@@ -231,7 +231,7 @@ def test_torch_fidelity_with_missing_weights_file(no_network, tmp_path):
 
 
 def test_metrics_registered():
-    from realuid.registry import get
+    from realuid.components import get
 
     for name in ("ClassifierFD", "TorchFidelityFID"):
         assert get(name).kind == "metric"

@@ -8,7 +8,7 @@ from torch import nn
 
 from realuid.errors import UserError
 from realuid.networks.unet import UNet
-from realuid.registry import get
+from realuid.components import get
 
 timm = pytest.importorskip("timm")
 from realuid.networks.dit import DiT  # noqa: E402

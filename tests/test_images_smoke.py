@@ -20,17 +20,17 @@ import torch
 from typer.testing import CliRunner
 
 from realuid.cli import app
-from realuid.cli_images import SMOKE_PRESET
+from realuid.cli.images import SMOKE_PRESET
 from realuid.data.gmm import GaussianMixture
-from realuid.engine.checkpoint import checkpoints, load_checkpoint
-from realuid.engine.manifests import Manifest, dumps_toml, loads_toml, read_manifest, register_run, resolve_source
-from realuid.engine.matching import MatchingTrainer
+from realuid.checkpoints import checkpoints, load_checkpoint
+from realuid.models.registry import Manifest, dumps_toml, loads_toml, read_manifest, register_run, resolve_source
+from realuid.engine.teacher_training import MatchingTrainer
 from realuid.engine.runner import build, run
 from realuid.errors import UserError
 from realuid.networks.mlp import MLP
 from realuid.paths import EDM, RectifiedFlow
 from realuid.sampling import guided, sample_teacher
-from realuid.teachers import AnalyticTeacher
+from realuid.teachers.analytic import AnalyticTeacher
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARDS = Path(os.environ.get("REALUID_CIFAR10") or "/work/shared/data/cifar10")

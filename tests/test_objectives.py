@@ -30,7 +30,7 @@ from realuid.errors import UserError
 from realuid.objectives import DMDKL, Fields, RealUID, SiD, WithGAN
 from realuid.paths import RectifiedFlow
 from realuid.paths.base import PathSample
-from realuid.teachers import AnalyticTeacher
+from realuid.teachers.analytic import AnalyticTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64

@@ -13,7 +13,7 @@ from realuid.errors import UserError
 from realuid.paths import (EDM, VE, VP, AffineFlow, BrownianBridge, CosineSchedule, FlowSchedule,
                            PolynomialSchedule, RectifiedFlow, Schedule, SineSquaredNoise, StochasticInterpolant,
                            x0_slope)
-from realuid.teachers import AnalyticTeacher, bridge_posterior_mean
+from realuid.teachers.analytic import AnalyticTeacher, bridge_posterior_mean
 
 MEANS = [[-4.0, 0.0], [4.0, 0.0], [0.0, 6.928203]]
 BRIDGE_COUPLING = PairedDegradation([[0.0, 0.0], [0.0, 1.0]], noise_std=0.5)
@@ -273,7 +273,7 @@ def test_bad_path_inputs_name_the_component_and_the_fix(make, words):
 
 
 def test_every_path_is_listed_with_a_summary():
-    from realuid.registry import components
+    from realuid.components import components
 
     listed = {c.name: c.summary for c in components("path")}
     for name in ("RectifiedFlow", "AffineFlow", "VP", "VE", "EDM", "BrownianBridge", "StochasticInterpolant"):

@@ -27,7 +27,7 @@ import gin
 import pytest
 import torch
 
-from realuid.engine.checkpoint import checkpoint_step, checkpoints, load_checkpoint
+from realuid.checkpoints import checkpoint_step, checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 160

@@ -11,7 +11,7 @@ from realuid.errors import UserError
 from realuid.metrics.toy import MixtureMetrics
 from realuid.objectives import RealUID
 from realuid.paths import RectifiedFlow
-from realuid.teachers import AnalyticTeacher
+from realuid.teachers.analytic import AnalyticTeacher
 
 MEANS = [[-4.0, 0.0], [4.0, 0.0], [0.0, 6.928203]]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from realuid.engine.checkpoint import load_checkpoint  # noqa: E402
-from realuid.engine.manifests import read_manifest, register_run  # noqa: E402
+from realuid.checkpoints import load_checkpoint  # noqa: E402
+from realuid.models.registry import read_manifest, register_run  # noqa: E402
 
 MODELS = {  # registry name: (run folder under WORK, eval-file prefix)
     "fm_cifar_teacher_small": ("fm_teacher", "teacher"),

@@ -21,7 +21,7 @@ import torch
 
 from realuid.data.base import Batch, DataSource
 from realuid.errors import UserError
-from realuid.registry import register
+from realuid.components import register
 
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10

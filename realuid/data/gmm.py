@@ -9,7 +9,7 @@ import torch
 
 from realuid.data.base import Batch, DataSource
 from realuid.errors import UserError
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("data")

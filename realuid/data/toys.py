@@ -7,7 +7,7 @@ import math
 import torch
 
 from realuid.data.base import Batch, DataSource
-from realuid.registry import register
+from realuid.components import register
 
 
 class _Toy2D(DataSource):

@@ -1,7 +1,7 @@
 """What every trainer shares: device and dtype, precision, data parallelism, the guarded update, the fit loop.
 
-:class:`TrainingLoop` is the base of :class:`~realuid.engine.trainer.DistillationTrainer`
-and :class:`~realuid.engine.matching.MatchingTrainer`. A subclass supplies
+:class:`TrainingLoop` is the base of :class:`~realuid.engine.distillation.DistillationTrainer`
+and :class:`~realuid.engine.teacher_training.MatchingTrainer`. A subclass supplies
 ``train_step()`` (one optimisation step, returning the numbers to log),
 ``evaluate()``, ``state_dict()`` / ``load_state_dict()`` and
 ``write_artifacts()``; the base runs the loop that reads top to bottom::
@@ -39,70 +39,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from realuid.engine.checkpoint import latest_good, remove_stale_temporaries, save_checkpoint, warn
+from realuid.checkpoints import latest_good, save_checkpoint
+
+from realuid.io import remove_stale_temporaries
+
+from realuid.errors import warn
 from realuid.engine.signals import RunInterrupted, StopSignals
+from realuid.devices import (DTYPES, PRECISIONS, autocast, check_precision, default_dtype, enable_tf32,  # noqa: F401
+                             in_run_dtype, resolve_device)
 from realuid.errors import UserError, check
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-PRECISIONS = ("fp32", "bf16")
-
-
-# -- device and dtype -----------------------------------------------------------------------------------------------
-def resolve_device(device: str, where: str = "DistillationTrainer.device") -> torch.device:
-    """``'auto'`` (cuda when available, else cpu), ``'cpu'`` or ``'cuda[:i]'``; a UserError when unusable."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but CUDA is not available", where,
-                        f"bind {where} = 'cpu' (or 'auto')")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"{device!r} is not a device", where, f"bind {where} = 'auto', 'cpu' or 'cuda[:i]'") from None
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def in_run_dtype(method):
-    """Run a trainer method with torch's default dtype set to the run's (float32 or float64)."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with default_dtype(self.dtype):
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
-def check_precision(precision: str, dtype: torch.dtype, where: str) -> None:
-    check(precision in PRECISIONS, f"unknown precision {precision!r}", f"{where}.precision",
-          f"bind {where}.precision = 'fp32' or 'bf16'")
-    check(not (precision == "bf16" and dtype == torch.float64), "precision 'bf16' with dtype 'float64' makes no sense",
-          f"{where}.precision / {where}.dtype", "use bf16 with dtype 'float32', or precision 'fp32'")
-
-
-def autocast(device: torch.device, precision: str):
-    """``torch.autocast`` to bfloat16 when ``precision == 'bf16'``, else a no-op context."""
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def enable_tf32(device: torch.device) -> None:
-    """Let float32 matmuls and convolutions use TF32 tensor cores on CUDA (about 3x faster, 10-bit mantissa)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
 
 def to_channels_last(*modules: nn.Module | None) -> None:
     """Store the 4-D weights (convolutions) of each module in channels-last order (NHWC), in place."""
@@ -130,8 +75,8 @@ def compile_networks(*modules: nn.Module | None) -> None:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, decay: str, final: float):
-    """LambdaLR of :func:`~realuid.engine.schedules.lr_factor` (linear warm-up, then constant/cosine/linear)."""
-    from realuid.engine.schedules import lr_factor
+    """LambdaLR of :func:`~realuid.engine.lr_schedules.lr_factor` (linear warm-up, then constant/cosine/linear)."""
+    from realuid.engine.lr_schedules import lr_factor
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup, decay, final))
 
@@ -469,7 +414,7 @@ class TrainingLoop:
 
     def save_sample_grid(self, samples: torch.Tensor) -> None:
         """The fixed-noise samples of this evaluation as ``RUN/samples/step_XXXXXXXX.png`` (image data, rank 0)."""
-        from realuid.engine.artifacts import image_grid_png
+        from realuid.pictures import image_grid_png
 
         if not self.dist.is_main or samples.ndim != 4:
             return

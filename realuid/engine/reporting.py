@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from realuid.engine.checkpoint import atomic_write_text
+from realuid.io import atomic_write_text
 
 
 def to_jsonable(value):
@@ -30,7 +30,7 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per evaluation, each write atomic (temporary file + rename).
 
     Every :meth:`append` rewrites the whole file through
-    :func:`~realuid.engine.checkpoint.atomic_write_text` (a log holds one row
+    :func:`~realuid.checkpoints.atomic_write_text` (a log holds one row
     per evaluation, so this stays cheap), so a kill leaves the old log or the
     new one, never a cut line. On resume, :meth:`truncate_after` drops rows
     written after the checkpoint being resumed (a killed run may have logged

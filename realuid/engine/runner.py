@@ -23,7 +23,8 @@ import torch
 
 import realuid
 from realuid.config import absolute_imports, call_configured, import_modules, parse_recipe
-from realuid.engine.checkpoint import atomic_write_text, checkpoints
+from realuid.checkpoints import checkpoints
+from realuid.io import atomic_write_text
 from realuid.errors import UserError
 
 

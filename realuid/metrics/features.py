@@ -22,7 +22,7 @@ from torch import nn
 from realuid.data.base import DataSource
 from realuid.errors import UserError
 from realuid.metrics.base import Metric
-from realuid.registry import register
+from realuid.components import register
 
 TRAIN_COMMAND = "python tools/train_fd_classifier.py --out registry/checkpoints/fd_classifier.pt"
 

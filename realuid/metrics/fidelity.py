@@ -10,7 +10,7 @@ import torch
 from realuid.data.base import DataSource
 from realuid.errors import UserError
 from realuid.metrics.base import Metric
-from realuid.registry import register
+from realuid.components import register
 
 #: the file torch-fidelity downloads for its FID Inception-v3 (TF-compatible port of the 2015-12-05 graph)
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"

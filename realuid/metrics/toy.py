@@ -10,7 +10,7 @@ from realuid.data.base import DataSource
 from realuid.data.gmm import GaussianMixture
 from realuid.errors import UserError
 from realuid.metrics.base import Metric
-from realuid.registry import register
+from realuid.components import register
 
 
 def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, num_projections: int = 256,

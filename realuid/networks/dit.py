@@ -13,7 +13,7 @@ from torch import nn
 from realuid.errors import UserError
 from realuid.networks.embeddings import SinusoidalEmbedding
 from realuid.networks.unet import LabelEmbedding
-from realuid.registry import register
+from realuid.components import register
 
 
 def import_timm():

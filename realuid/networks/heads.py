@@ -7,7 +7,7 @@ from torch import nn
 
 from realuid.errors import UserError
 from realuid.networks.embeddings import SinusoidalEmbedding
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("network")

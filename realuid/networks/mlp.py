@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from realuid.networks.embeddings import SinusoidalEmbedding
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("network")

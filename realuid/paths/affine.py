@@ -28,7 +28,7 @@ import torch
 from realuid.errors import UserError, check_range
 from realuid.paths.base import AffinePath, Schedule
 from realuid.paths.validation import validate_schedule
-from realuid.registry import register
+from realuid.components import register
 
 
 class FlowSchedule(ABC):

@@ -19,7 +19,7 @@ import torch
 from realuid.errors import UserError, check_range
 from realuid.paths.base import AffinePath, Schedule, expand_like
 from realuid.paths.validation import validate_schedule
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("path")

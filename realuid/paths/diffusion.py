@@ -46,7 +46,7 @@ import torch
 from realuid.errors import UserError, check_range
 from realuid.paths.base import PARAMETERIZATIONS, AffinePath, Schedule, expand_like
 from realuid.paths.validation import validate_schedule, x0_slope
-from realuid.registry import register
+from realuid.components import register
 
 WEIGHTINGS = ("epsilon", "edm", "v", "x0")
 

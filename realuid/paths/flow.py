@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from realuid.paths.base import AffinePath, Schedule
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("path")

@@ -27,7 +27,7 @@ from realuid.errors import check_range
 from realuid.paths.affine import FlowSchedule, LinearSchedule, check_schedule
 from realuid.paths.base import AffinePath, Schedule
 from realuid.paths.validation import validate_schedule
-from realuid.registry import register
+from realuid.components import register
 
 
 class NoiseSchedule(ABC):

@@ -14,91 +14,17 @@ that passes, printing a warning that names each one it skips.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import re
-import sys
 from pathlib import Path
 
 import torch
 
-from realuid.errors import UserError
+from realuid.errors import UserError, warn
+from realuid.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8})\.pt$")
 _REFUSED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-TMP_RE = re.compile(r"^\..+\.tmp\d+(-\d+)?$")
-_counter = [0]
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr (above the progress bar, which redirects stderr)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename.
-
-    An ``OSError`` (disk full, unwritable folder) becomes a :class:`UserError`
-    naming the file; the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    _counter[0] += 1
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{_counter[0]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise UserError(f"cannot write {path} ({err.strerror or err})", str(path.parent),
-                        "free disk space or make the folder writable, then continue with --resume") from None
-    _fsync_folder(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files a killed writer left in ``folder``; returns them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.iterdir() if p.is_file() and TMP_RE.match(p.name)]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:

@@ -21,7 +21,7 @@ from realuid.errors import UserError, check
 
 console = Console()
 errors = Console(stderr=True)
-SMOKE_PRESET = Path(__file__).resolve().parent.parent / "gin" / "smoke" / "smoke.gin"
+SMOKE_PRESET = Path(__file__).resolve().parents[2] / "gin" / "smoke" / "smoke.gin"
 FD_CLASSIFIER_DEFAULT = Path("registry/checkpoints/fd_classifier.pt")
 
 
@@ -67,8 +67,9 @@ def _generate(source: str, num: int, nfe: Optional[int], solver: str, cfg: float
     """(images float [-1, 1] [N, C, H, W], labels or None, info dict) from a trained teacher or student."""
     import torch
 
-    from realuid.engine.loop import PRECISIONS, resolve_device
-    from realuid.engine.manifests import generate, load_trained
+    from realuid.devices import PRECISIONS, resolve_device
+    from realuid.models.loading import load_trained
+    from realuid.sampling import generate
 
     if num < 1 or batch_size < 1:
         raise UserError("--num and --batch-size must be positive", "--num / --batch-size", "give positive counts")
@@ -122,9 +123,9 @@ def sample(
     """Sample a trained model: DIR/samples.npz (uint8 images N x H x W x C, labels) and a PNG grid."""
     import numpy as np
 
-    from realuid.cli import fail
-    from realuid.engine.artifacts import image_grid_png
-    from realuid.engine.checkpoint import atomic_write_bytes, atomic_write_text
+    from realuid.cli.app import fail
+    from realuid.pictures import image_grid_png
+    from realuid.io import atomic_write_bytes, atomic_write_text
     from realuid.metrics.features import quantize
 
     try:
@@ -195,7 +196,7 @@ def evaluate(
     grid: Optional[Path] = typer.Option(None, "--grid", help="Also save the first 64 samples as a PNG grid."),
 ):
     """FID / Inception Score (torch-fidelity) and the classifier FD of samples or of a trained model."""
-    from realuid.cli import fail
+    from realuid.cli.app import fail
 
     try:
         nfe_value = parse_nfe(nfe)   # before the metrics load their networks and reference statistics
@@ -231,7 +232,7 @@ def evaluate(
             images, _, info = _generate(source, num, nfe_value, solver, cfg, batch_size, device, seed, precision)
         info["num"] = len(images)
         if grid is not None:
-            from realuid.engine.artifacts import image_grid_png
+            from realuid.pictures import image_grid_png
             from realuid.metrics.features import images_to_unit, quantize
 
             grid.parent.mkdir(parents=True, exist_ok=True)
@@ -258,9 +259,9 @@ registry_app = typer.Typer(no_args_is_help=True, help="The registry of trained m
 @registry_app.command("list")
 def registry_list(verify: bool = typer.Option(False, "--verify", help="Check each checkpoint's sha256.")):
     """Every registered model: name, kind, recipe, checkpoint status and metrics."""
-    from realuid.cli import fail
-    from realuid.engine.checkpoint import sha256_file
-    from realuid.engine.manifests import list_manifests, registry_dir
+    from realuid.cli.app import fail
+    from realuid.io import sha256_file
+    from realuid.models.registry import list_manifests, registry_dir
 
     try:
         manifests = list_manifests()
@@ -296,8 +297,8 @@ def registry_add(
     """Write registry/NAME.toml for a trained run (checkpoint path, sha256, recipe, command, metrics)."""
     import re
 
-    from realuid.cli import fail
-    from realuid.engine.manifests import register_run
+    from realuid.cli.app import fail
+    from realuid.models.registry import register_run
 
     try:
         if not re.match(r"^[A-Za-z0-9_-]+$", name):

@@ -3,7 +3,7 @@
 A teacher is a recipe (``gin/fm_cifar_teacher.gin``, ``gin/edm_cifar_teacher.gin``)
 whose trainer is :class:`MatchingTrainer`: same run folder, checkpoints,
 resume, metrics.jsonl, TensorBoard, progress bar, NaN guard, precision and
-data parallelism as :class:`~realuid.engine.trainer.DistillationTrainer`
+data parallelism as :class:`~realuid.engine.distillation.DistillationTrainer`
 (both are :class:`~realuid.engine.loop.TrainingLoop`).
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from realuid.couplings import Coupling, IndependentGaussian
 from realuid.data.base import DataSource
 from realuid.distances import sq_norm
-from realuid.engine.artifacts import image_grid_png
+from realuid.pictures import image_grid_png
 from realuid.engine.ema import EMA
 from realuid.engine.loop import NonFiniteGuard, TrainingLoop, build_schedule, compile_networks, to_channels_last
 from realuid.engine.reporting import MetricsLog
@@ -28,7 +28,7 @@ from realuid.errors import check, check_range
 from realuid.fields import NetworkField
 from realuid.metrics.base import Metric
 from realuid.paths.base import MatchingPath
-from realuid.registry import register
+from realuid.components import register
 from realuid.sampling import SOLVERS, class_labels, sample_teacher
 
 
@@ -197,9 +197,9 @@ class MatchingTrainer(TrainingLoop):
 
     def write_artifacts(self) -> None:
         """Final samples: a PNG grid (images) or ``samples.npy`` (vector data)."""
-        from realuid.engine.trainer import _npy_bytes
-        from realuid.engine.checkpoint import atomic_write_bytes
-        from realuid.engine.artifacts import scatter_png
+        from realuid.engine.distillation import _npy_bytes
+        from realuid.io import atomic_write_bytes
+        from realuid.pictures import scatter_png
 
         samples = self.last_samples if self.last_samples is not None else self.sample(self.eval_samples)
         if self.data.is_image:

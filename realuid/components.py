@@ -10,7 +10,7 @@ A user's own component needs nothing more than the decorator in an imported
 module (gin ``import my_module`` in a recipe, or ``realuid run --import
 my_module``)::
 
-    from realuid.registry import register
+    from realuid.components import register
     from realuid.paths import AffinePath, Schedule
 
     @register("path")
@@ -124,5 +124,5 @@ def load_builtin_components() -> None:
     import realuid
 
     for info in pkgutil.walk_packages(realuid.__path__, "realuid."):
-        if info.name not in ("realuid.cli", "realuid.__main__"):
+        if not info.name.startswith(("realuid.cli", "realuid.__main__")):
             importlib.import_module(info.name)

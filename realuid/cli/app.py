@@ -70,7 +70,7 @@ def run(
                             f"--resume {resume} is a file, not a run folder", "--resume",
                             "give the folder of a previous run (see runs/)")
         if smoke:
-            from realuid.cli_images import smoke_bindings
+            from realuid.cli.images import smoke_bindings
 
             bind = smoke_bindings(resume is not None) + list(bind)
         trainer = run_recipe(recipe, bind, import_, resume or out, seed, resume is not None, overwrite, progress)
@@ -97,7 +97,7 @@ def run(
 @app.command("list-components")
 def list_components(kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Only this kind.")):
     """Every registered component, grouped by kind, with its one-line summary."""
-    from realuid.registry import KINDS, components
+    from realuid.components import KINDS, components
 
     if kind is not None and kind not in KINDS:
         fail(UserError(f"unknown kind {kind!r}", "--kind", f"use one of {', '.join(KINDS)}"))
@@ -115,7 +115,7 @@ def show(name: str = typer.Argument(..., help="Component name, e.g. RealUID.")):
     """A component's configurable parameters and defaults, and its documentation."""
     import inspect
 
-    from realuid.registry import get
+    from realuid.components import get
 
     try:
         c = get(name)
@@ -131,7 +131,7 @@ def show(name: str = typer.Argument(..., help="Component name, e.g. RealUID.")):
     console.print(inspect.getdoc(c.cls) or "", highlight=False)
 
 
-from realuid.cli_images import register_commands  # noqa: E402  (sample, eval, registry)
+from realuid.cli.images import register_commands  # noqa: E402  (sample, eval, registry)
 
 register_commands(app, fail)
 

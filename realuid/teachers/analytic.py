@@ -12,7 +12,7 @@ from realuid.data.base import DataSource
 from realuid.data.gmm import GaussianMixture
 from realuid.errors import UserError
 from realuid.paths.base import AffinePath, MatchingPath
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("teacher")

@@ -28,8 +28,9 @@ from torch import nn
 
 from realuid.couplings import Coupling, IndependentGaussian
 from realuid.data.base import DataSource
-from realuid.engine.artifacts import image_grid_png, scatter_png
-from realuid.engine.checkpoint import atomic_write_bytes, latest_good, load_checkpoint
+from realuid.pictures import image_grid_png, scatter_png
+from realuid.checkpoints import latest_good, load_checkpoint
+from realuid.io import atomic_write_bytes
 from realuid.engine.ema import EMA
 from realuid.engine.loop import (DTYPES, NonFiniteGuard, TrainingDiverged, TrainingLoop,  # noqa: F401 (re-exported)
                                  build_schedule, compile_networks, default_dtype, resolve_device, to_channels_last)
@@ -40,7 +41,7 @@ from realuid.fields import NetworkField
 from realuid.metrics.base import Metric
 from realuid.objectives import Fields, Objective
 from realuid.paths.base import MatchingPath, PathSample
-from realuid.registry import register
+from realuid.components import register
 
 
 @register("trainer")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from realuid.data.base import DataSource
-from realuid.engine.checkpoint import load_checkpoint, warn
-from realuid.engine.manifests import ema_weights, resolve_source
+from realuid.checkpoints import load_checkpoint
+from realuid.errors import warn
+from realuid.models.loading import ema_weights
+from realuid.models.registry import resolve_source
 from realuid.errors import UserError
 from realuid.paths.base import MatchingPath
-from realuid.registry import register
+from realuid.components import register
 from realuid.sampling import guided
 
 
