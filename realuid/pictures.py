@@ -1,4 +1,4 @@
-"""Pictures of a run: scatter plots of 2-D samples over the true density (PIL, no plotting stack)."""
+"""Pictures of a run: image value conversions (uint8 <-> [-1, 1]) and PNGs (scatter plots, grids; PIL only)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+
+def images_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] or [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]; float input is returned clamped."""
+    if images.dtype != torch.uint8:
+        return images.float().clamp(-1, 1)
+    if images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.permute(0, 3, 1, 2)
+    return images.float() / 127.5 - 1.0
+
+
+def quantize(samples: torch.Tensor) -> torch.Tensor:
+    """Samples as they would be saved: float in [-1, 1] NCHW -> uint8 NCHW; uint8 NHWC -> uint8 NCHW."""
+    if samples.dtype == torch.uint8:
+        if samples.ndim == 4 and samples.shape[-1] in (1, 3) and samples.shape[1] not in (1, 3):
+            samples = samples.permute(0, 3, 1, 2)
+        return samples.contiguous()
+    return ((samples.float().clamp(-1, 1) + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
 def scatter_png(samples: torch.Tensor, path: Path, log_density=None, size: int = 512,

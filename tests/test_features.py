@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from realuid.errors import UserError
-from realuid.metrics.features import (TRAIN_COMMAND, CIFARClassifier, ClassifierFD, feature_statistics,
-                                      frechet_distance, gaussian_statistics, load_classifier, precision_recall,
-                                      quantize, save_classifier, train_classifier)
+from realuid.metrics.classifier import TRAIN_COMMAND, CIFARClassifier, load_classifier, save_classifier
+from realuid.metrics.classifier_fd import ClassifierFD, feature_statistics
+from realuid.metrics.classifier_training import train_classifier
+from realuid.metrics.frechet import frechet_distance, gaussian_statistics, precision_recall
 from realuid.metrics.fidelity import INCEPTION_WEIGHTS_NAME, TorchFidelityFID
+from realuid.pictures import quantize
 
 SHARDS = Path("/work/shared/data/cifar10")
 needs_shards = pytest.mark.skipif(not (SHARDS / "test-000000.tar.gz").is_file(), reason="CIFAR-10 shards absent")

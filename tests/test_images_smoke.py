@@ -152,7 +152,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fd_classifier(workdir):
-    from realuid.metrics.features import CIFARClassifier, save_classifier
+    from realuid.metrics.classifier import CIFARClassifier, save_classifier
 
     torch.manual_seed(0)
     path = workdir / "fd_classifier.pt"

@@ -1,4 +1,4 @@
-"""Objectives and distances against exact answers (issue 5; DESIGN §2-4), float64 throughout.
+"""Objectives and distances against exact answers (DESIGN §2-4), float64 throughout.
 
 * identities on the same batch: SiD(1/2) == UID, RealSiD(1, 1) == SiD, FGM == UID on FM,
   RealUID(1, 1) == UID, general RealUID with gamma = alpha == RealUID, each also against
@@ -524,27 +524,6 @@ def test_sid_refuses_the_velocity_parameterisation(tmp_path):
     with pytest.raises(UserError) as err:
         tr.objective.generator_loss(tr.fields, gen)
     assert "DistillationTrainer.parameterization" in err.value.message
-
-
-# -- the study tool's theory --------------------------------------------------------------------------
-def test_ideal_weights_of_the_real_data_study_match_the_closed_form():
-    """tools/real_data_study.py's minimiser over mode weights: beta = alpha gives (p^T - (1-alpha) p*) / alpha.
-
-    (alpha = beta = 1 gives the teacher.) Calibration: beta != alpha gives other weights.
-    """
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("real_data_study", ROOT / "tools" / "real_data_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
-    means = [[-4.0, 0.0], [4.0, 0.0], [0.0, 6.928203]]
-    data, teacher = GaussianMixture(means, 0.5), GaussianMixture(means, 0.5, weights=[2.0, 1.0, 1.0])
-    for alpha in (1.0, 0.9):
-        want = (teacher.weights - (1 - alpha) * data.weights) / alpha
-        got = torch.tensor(study.ideal_weights(data, teacher, alpha, alpha, times=16, points=1024), dtype=F64)
-        assert torch.allclose(got, want, atol=2e-3), (alpha, got, want)
-    other = torch.tensor(study.ideal_weights(data, teacher, 0.6, 0.3, times=16, points=1024), dtype=F64)
-    assert (other - (teacher.weights - 0.4 * data.weights) / 0.6).abs().max() > 0.02, other
 
 
 # -- one forward for the generated and the real batch ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What real data does under RealUID: a biased exact teacher and true data on the 2-D mixture (issue 5).
+"""What real data does under RealUID: a biased exact teacher and true data on the 2-D mixture.
 
 Set-up (DESIGN §3, §6): the data are the 3-mode mixture of ``gin/base/gmm_2d.gin``
 with equal weights; the teacher is the *exact* flow-matching field of the same
@@ -19,7 +19,7 @@ teacher, and the first evaluated step at which SW against the data is <= ``--sw-
 ("steps to the target"; the convergence question: UID against the best RealUID).
 Beside the measurements, each objective's *ideal* mode weights (``--theory``): the
 minimiser of its value at the exact fake optimum over generators that are mixtures of
-the data's modes with free weights (:func:`ideal_weights`), i.e. where training would go
+the data's modes with free weights (:func:`realuid.theory.ideal_weights`), i.e. where training would go
 if the generator found the best weights and the fake model were exact. It prints rich
 tables, writes ``OUT/real_data_study.json`` and a PNG heat map of the grid
 ``OUT/real_data_study_grid.png`` (mode-weight error and SW against the data, error
@@ -54,6 +54,8 @@ import torch  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from realuid.theory import ideal_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "gin" / "uid_fm_gmm.gin"
@@ -120,75 +122,7 @@ def run_one(spec: dict, seed: int, common: list[str], sw_target: float) -> dict:
     }
 
 
-# -- theory: the objective's minimiser over mode weights -------------------------------------------
-def _mixture_terms(mixture, w, x, a, sigma):
-    """Density p_t(x) [T, N] and flux p_t(x) E[x0 | x_t = x] [T, N, D] of sum_k w_k N(mu_k, s_k^2 I)."""
-    means = mixture.means
-    var0 = mixture.covs.diagonal(dim1=-2, dim2=-1).mean(-1)  # isotropic s_k^2 (checked by the caller)
-    a4 = a.reshape(-1, 1, 1, 1)
-    v = a.reshape(-1, 1, 1) ** 2 * var0 + sigma.reshape(-1, 1, 1) ** 2  # [T, 1, K]
-    diff = x[:, :, None, :] - a4 * means  # [T, N, K, D]
-    dim = means.shape[1]
-    log_n = -0.5 * (diff**2).sum(-1) / v - 0.5 * dim * torch.log(2 * torch.pi * v)
-    comp = w * torch.exp(log_n)  # [T, N, K]
-    post = means + (a.reshape(-1, 1, 1) * var0 / v)[..., None] * diff  # E[x0 | x_t, mode k]
-    return comp.sum(-1), (comp[..., None] * post).sum(-2)
-
-
-def ideal_weights(data, teacher, alpha: float, beta: float, normalized: bool = False, times: int = 32,
-                  points: int = 2048, seed: int = 0) -> list[float]:
-    """Mode weights w minimising the objective at its fake optimum over generators sum_k w_k N(mu_k, S_k).
-
-    Rectified flow, x0 parameterisation, w(t) = 1, t ~ U[0, 1] (the study's set-up), gamma = alpha.
-    The fake optimum gives (DESIGN §3) the value E_t int ||A_t||^2 / C_t dx (squared l2) or
-    E_t int ||A_t|| dx (non-squared), with A = beta p^w f^w + (1-beta) p* f* - C f^T and
-    C = alpha p^w + (1-alpha) p* (p*, f* the data's density and field, f^T the teacher's).
-    Integrals by importance sampling from (p* + p^T) / 2 with common random numbers, minimised
-    over the weights by L-BFGS. alpha = beta gives (p^T - (1-alpha) p*) / alpha in closed form
-    whenever that is a density: a check of this computation. Only weights vary: the mode shapes
-    are the data's, which the teacher shares here.
-    """
-    covs = data.covs
-    if not torch.allclose(covs, covs.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(data.dim,
-                                                                                                   dtype=covs.dtype)):
-        raise ValueError("ideal_weights needs isotropic modes")
-    g = torch.Generator().manual_seed(seed)
-    t = (torch.arange(times, dtype=torch.float64) + 0.5) / times
-    a, sigma = 1 - t, t
-    wd, wt = data.weights, teacher.weights
-    proposal = 0.5 * wd + 0.5 * wt
-    modes = torch.multinomial(proposal, times * points, replacement=True, generator=g).reshape(times, points)
-    chol = torch.linalg.cholesky(covs)
-    x0 = data.means[modes] + torch.einsum("tnij,tnj->tni", chol[modes],
-                                          torch.randn(times, points, data.dim, generator=g, dtype=torch.float64))
-    x = a.reshape(-1, 1, 1) * x0 + sigma.reshape(-1, 1, 1) * torch.randn(times, points, data.dim, generator=g,
-                                                                           dtype=torch.float64)
-    q, _ = _mixture_terms(data, proposal, x, a, sigma)
-    p_d, flux_d = _mixture_terms(data, wd, x, a, sigma)
-    p_t, flux_t = _mixture_terms(data, wt, x, a, sigma)
-    f_teacher = flux_t / p_t[..., None]
-    logits = torch.zeros(len(wd), dtype=torch.float64, requires_grad=True)
-
-    def value():
-        p_g, flux_g = _mixture_terms(data, torch.softmax(logits, 0), x, a, sigma)
-        c = alpha * p_g + (1 - alpha) * p_d
-        big_a = beta * flux_g + (1 - beta) * flux_d - c[..., None] * f_teacher
-        sq = (big_a**2).sum(-1)
-        return ((sq + 1e-30).sqrt() / q).mean() if normalized else (sq / c / q).mean()
-
-    opt = torch.optim.LBFGS([logits], max_iter=50, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = value()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return [round(float(v), 4) for v in torch.softmax(logits, 0).detach()]
-
-
+# -- theory: the objective's minimiser over mode weights (realuid.theory) -------------------------
 def add_theory(summary: list[dict], data, teacher) -> None:
     """Each row's ideal mode weights (see :func:`ideal_weights`) and their errors against data and teacher."""
     for r in summary:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from realuid.data.cifar import read_cifar10  # noqa: E402
 from realuid.errors import UserError  # noqa: E402
-from realuid.metrics.features import CIFARClassifier, accuracy, save_classifier, train_classifier  # noqa: E402
+from realuid.metrics.classifier import CIFARClassifier, save_classifier  # noqa: E402
+from realuid.metrics.classifier_training import accuracy, train_classifier  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

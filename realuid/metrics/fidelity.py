@@ -109,7 +109,7 @@ class TorchFidelityFID(Metric):
         return self._reference
 
     def __call__(self, samples: torch.Tensor) -> dict[str, float]:
-        from realuid.metrics.features import quantize
+        from realuid.pictures import quantize
 
         try:
             import torch_fidelity
