@@ -1,4 +1,4 @@
-"""Data-parallel scaling: distillation images/s on 1 and N processes through torchrun (issue 7).
+"""Data-parallel scaling: distillation images/s on 1 and N processes through torchrun.
 
 Weak scaling: every process keeps the same per-process batch (``--per-gpu-batch``),
 so N processes train on a global batch N times larger. Each setting is a real

@@ -1,4 +1,4 @@
-"""UID against RealUID on CIFAR-10: classifier FD against steps and wall time from one teacher and seed (issue 7).
+"""UID against RealUID on CIFAR-10: classifier FD against steps and wall time from one teacher and seed.
 
 Every run distils the same teacher (``--teacher``, a run folder; trained first
 for ``--teacher-seconds`` when it does not exist) with the same seed, batch,

@@ -1,4 +1,4 @@
-"""CIFAR-10 speedrun: train a flow-matching teacher from scratch and distil it into a one-step student (issue 7).
+"""CIFAR-10 speedrun: train a flow-matching teacher from scratch and distil it into a one-step student.
 
 Phases (each the real CLI command, timed): the FD classifier (evaluation
 set-up, reused when ``--classifier`` exists, not counted in the training

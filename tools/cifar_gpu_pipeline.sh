@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Issue 6 on one GPU in about 9 minutes: FD classifier, an FM teacher on CIFAR-10, its UID
-# and RealUID students, the classifier FD of the teacher at NFE 1, 2, 10, 100 and of each
-# student at NFE 1, images/s of every step kind and peak memory. Everything small comes
-# back in $OUT: summary.json (numbers, exact commands, manifests' text), a few PNG grids
-# and log.txt. Run folders and checkpoints stay in $WORK (runs/ is git-ignored).
+# The CIFAR-10 image pipeline on one GPU in about 9 minutes: FD classifier, an FM teacher,
+# its UID and RealUID students, the classifier FD of the teacher at NFE 1, 2, 10, 100 and of
+# each student at NFE 1, images/s of every step kind and peak memory. Everything small goes
+# to OUT: summary.json (numbers, exact commands, manifests' text), a few PNG grids and
+# log.txt. Run folders and checkpoints stay in WORK (runs/ is git-ignored); manifests of the
+# trained models are written to REGISTRY.
 #
-# On the device (carry .whl and .carry/cifar10; the wheels of gin-config, webdataset,
-# braceexpand and torch-fidelity are installed to /tmp/site when missing):
-#     bash tools/gpu_issue6.sh
-# Test of the script's logic on CPU, seconds per phase:
-#     SMOKE=1 bash tools/gpu_issue6.sh
+#     bash tools/cifar_gpu_pipeline.sh [--data DIR] [--out DIR] [--work DIR] [--registry DIR]
+#     bash tools/cifar_gpu_pipeline.sh --smoke        # the script's logic on CPU, seconds per phase
+#
+#   --data DIR       CIFAR-10 shard folder (exported as REALUID_CIFAR10; default: realuid's own,
+#                    i.e. $REALUID_CIFAR10 or the shared data folder)
+#   --out DIR        small results       (runs/cifar_gpu_pipeline_out; smoke: /tmp/cifar_gpu_pipeline_smoke_out)
+#   --work DIR       run folders, wiped at the start (runs/cifar_gpu_pipeline; smoke: /tmp/cifar_gpu_pipeline_smoke)
+#   --registry DIR   manifests written   (registry; smoke: WORK/registry_out)
+#
+# realuid (with gin-config, webdataset, braceexpand and torch-fidelity) must be importable by
+# $PYTHON (default python3): install the package (pip install -e '.[images]') or set PYTHONPATH
+# on the command line; the script installs nothing.
 #
 # Every duration and size is a variable (environment overrides):
 #   CLF_EPOCHS        FD classifier epochs                               (8)
@@ -26,22 +34,34 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-SMOKE=${SMOKE:-0}
+SMOKE=0; DATA=""; OUT=""; WORK=""; REGISTRY=""
+usage() { sed -n '9,16p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --smoke) SMOKE=1; shift ;;
+    --data|--out|--work|--registry)
+      [ $# -ge 2 ] || { echo "error: $1 needs a folder" >&2; usage >&2; exit 2; }
+      case $1 in --data) DATA=$2 ;; --out) OUT=$2 ;; --work) WORK=$2 ;; --registry) REGISTRY=$2 ;; esac
+      shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
 T0=$(date +%s)
 
-export REALUID_CIFAR10=${REALUID_CIFAR10:-.carry/cifar10}
+if [ -n "$DATA" ]; then export REALUID_CIFAR10=$DATA; fi
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-if ! $PY -c "import gin, webdataset, torch_fidelity" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "cannot install the carried wheels in .whl/" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# (sys.path[0] is the current folder under -c; tools/*.py do not get it, so it must not count)
+if ! $PY -c "import sys; del sys.path[0]; import realuid, gin, webdataset, torch_fidelity" 2>/dev/null; then
+  echo "error: $PY cannot import realuid, gin, webdataset and torch_fidelity" >&2
+  echo "  install the package (pip install -e '.[images]') or put them on PYTHONPATH" >&2
+  exit 2
 fi
-export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 
 if [ "$SMOKE" = 1 ]; then
-  OUT=${OUT:-/tmp/gpu_issue6_smoke_out}
-  WORK=${WORK:-/tmp/gpu_issue6_smoke}
+  OUT=${OUT:-/tmp/cifar_gpu_pipeline_smoke_out}
+  WORK=${WORK:-/tmp/cifar_gpu_pipeline_smoke}
   CLF_EPOCHS=${CLF_EPOCHS:-1}; TEACHER_SECONDS=${TEACHER_SECONDS:-8}; UID_SECONDS=${UID_SECONDS:-8}
   REALUID_SECONDS=${REALUID_SECONDS:-8}; FD_SAMPLES=${FD_SAMPLES:-32}; TEACHER_NFES=${TEACHER_NFES:-"1 2 4"}
   BATCH=${BATCH:-8}; BENCH_REPEATS=${BENCH_REPEATS:-1}
@@ -51,8 +71,8 @@ if [ "$SMOKE" = 1 ]; then
   CLF_ARGS=(--limit 300 --widths 8,16 --num-workers 1 --batch-size 64)
   REF=(--reference-limit 256); REF_BIND=("-b" "ClassifierFD.reference_limit = 256" "-b" "ClassifierFD.pr_reference_size = 256")
 else
-  OUT=${OUT:-runs/gpu_issue6_out}
-  WORK=${WORK:-runs/gpu_issue6}
+  OUT=${OUT:-runs/cifar_gpu_pipeline_out}
+  WORK=${WORK:-runs/cifar_gpu_pipeline}
   CLF_EPOCHS=${CLF_EPOCHS:-8}; TEACHER_SECONDS=${TEACHER_SECONDS:-140}; UID_SECONDS=${UID_SECONDS:-75}
   REALUID_SECONDS=${REALUID_SECONDS:-75}; FD_SAMPLES=${FD_SAMPLES:-5000}; TEACHER_NFES=${TEACHER_NFES:-"1 2 10 100"}
   BATCH=${BATCH:-256}; BENCH_REPEATS=${BENCH_REPEATS:-5}
@@ -65,7 +85,7 @@ fi
 TEACHER_LR=${TEACHER_LR:-5e-4}; DISTILL_LR=${DISTILL_LR:-1e-4}; DISTILL_WARMUP=${DISTILL_WARMUP:-50}
 ALPHA=${ALPHA:-0.92}; BETA=${BETA:-0.94}; K=${K:-5}
 DISTILL_EVAL_EVERY=$([ "$SMOKE" = 1 ] && echo 2 || echo 200)
-REGISTRY=${REGISTRY:-$([ "$SMOKE" = 1 ] && echo "$WORK/registry_out" || echo registry)}   # manifests written here
+REGISTRY=${REGISTRY:-$([ "$SMOKE" = 1 ] && echo "$WORK/registry_out" || echo registry)}
 
 rm -rf "$WORK"; mkdir -p "$WORK/eval" "$WORK/grids" "$WORK/registry" "$OUT"
 LOG="$OUT/log.txt"; : > "$LOG"
@@ -123,19 +143,19 @@ mapfile -t DISTILL_COMMON < <(common_binds DistillationTrainer)
 # 2. the flow-matching teacher
 phase teacher $PY -m realuid run gin/fm_cifar_teacher.gin $SMOKE_FLAG --out "$WORK/fm_teacher" --no-progress \
   "${UNET_BINDS[@]}" "${TEACHER_COMMON[@]}" "${FD_BINDS[@]}" \
-  -b "MatchingTrainer.time_limit = $TEACHER_SECONDS" -b "MatchingTrainer.lr = $TEACHER_LR" \
+  -b "TrainingLoop.time_limit = $TEACHER_SECONDS" -b "MatchingTrainer.lr = $TEACHER_LR" \
   -b "MatchingTrainer.warmup_steps = 200" -b "MatchingTrainer.ema_decay = 0.999" \
-  -b "MatchingTrainer.eval_every = $EVAL_EVERY" -b "MatchingTrainer.eval_nfe = 20"
+  -b "TrainingLoop.eval_every = $EVAL_EVERY" -b "MatchingTrainer.eval_nfe = 20"
 
 # 3-4. UID and RealUID students (generator from the teacher, fake model from scratch, K fake steps)
 distil() {  # name recipe seconds extra-binds...
   local name=$1 recipe=$2 seconds=$3; shift 3
   phase "$name" $PY -m realuid run "$recipe" $SMOKE_FLAG --out "$WORK/$name" --no-progress \
     "${UNET_BINDS[@]}" "${DISTILL_COMMON[@]}" "${FD_BINDS[@]}" \
-    -b "CheckpointTeacher.source = '$WORK/fm_teacher'" -b "DistillationTrainer.time_limit = $seconds" \
+    -b "CheckpointTeacher.source = '$WORK/fm_teacher'" -b "TrainingLoop.time_limit = $seconds" \
     -b "DistillationTrainer.lr_generator = $DISTILL_LR" -b "DistillationTrainer.lr_fake = $DISTILL_LR" \
     -b "DistillationTrainer.warmup_steps = $DISTILL_WARMUP" -b "DistillationTrainer.fake_steps = $K" \
-    -b "DistillationTrainer.eval_every = $DISTILL_EVAL_EVERY" "$@"
+    -b "TrainingLoop.eval_every = $DISTILL_EVAL_EVERY" "$@"
 }
 distil uid gin/uid_fm_cifar.gin "$UID_SECONDS"
 distil realuid gin/realuid_fm_cifar.gin "$REALUID_SECONDS" -b "RealUID.alpha = $ALPHA" -b "RealUID.beta = $BETA"
@@ -158,12 +178,12 @@ if [ "$BENCH_REPEATS" != 0 ]; then
   phase bench $PY tools/bench_step.py --recipe gin/realuid_fm_cifar.gin --teacher-recipe gin/fm_cifar_teacher.gin \
     --precision "$PRECISION" --compile off --warmup 2 --repeats "$BENCH_REPEATS" --out "$WORK/bench.json" \
     "${SMOKE_BIND[@]}" "${UNET_BINDS[@]}" -b "CheckpointTeacher.source = '$WORK/fm_teacher'" \
-    -b "CIFAR10Shards.cache_dir = '$CACHE'" -b "DistillationTrainer.batch_size = $BATCH" \
-    -b "MatchingTrainer.batch_size = $BATCH" -b "DistillationTrainer.fake_steps = $K" \
-    -b "DistillationTrainer.device = '$DEVICE'" -b "MatchingTrainer.device = '$DEVICE'"
+    -b "CIFAR10Shards.cache_dir = '$CACHE'" -b "TrainingLoop.batch_size = $BATCH" \
+    -b "TrainingLoop.batch_size = $BATCH" -b "DistillationTrainer.fake_steps = $K" \
+    -b "TrainingLoop.device = '$DEVICE'" -b "TrainingLoop.device = '$DEVICE'"
 fi
 
 # 7. summary.json, manifests (registry/), PNGs
-phase summary $PY tools/gpu_issue6_summary.py --work "$WORK" --out "$OUT" --registry "$REGISTRY"
+phase summary $PY tools/cifar_gpu_summary.py --work "$WORK" --out "$OUT" --registry "$REGISTRY"
 echo "=== done in $(( $(date +%s) - T0 )) s; files in $OUT:" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"

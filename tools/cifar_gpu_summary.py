@@ -1,15 +1,17 @@
-"""Collect what tools/gpu_issue6.sh measured into one JSON, register the trained models, pick the PNGs to return.
+"""Collect what tools/cifar_gpu_pipeline.sh measured into one JSON, register the trained models, pick the PNGs.
 
-    python tools/gpu_issue6_summary.py --work runs/gpu_issue6 --out "$OUT"
+    python tools/cifar_gpu_summary.py --work runs/cifar_gpu_pipeline --out runs/cifar_gpu_pipeline_out
 
 Reads ``WORK/phases.jsonl`` (each phase: name, exact command, seconds, exit
 code), the run folders' ``metrics.jsonl``, ``WORK/eval/*.json`` (classifier FD
 and images/s of every sampling), ``WORK/bench.json`` (images/s, TFLOP/s, MFU
 and peak memory of each step kind) and the FD classifier's manifest; writes
 ``registry/<name>.toml`` for each trained model (checkpoint path and sha256,
-recipe, command, metrics each with the command that measured it) and
-``OUT/summary.json`` holding all of it plus the manifests' text, and copies
-the sample grids to ``OUT``. At most 8 files go to ``OUT``.
+recipe, command, metrics each with the command that measured it; and
+``distributed = false`` with a note saying how to re-create the checkpoint,
+since WORK is not kept in git) and ``OUT/summary.json`` holding all of it plus
+the manifests' text, and copies the sample grids to ``OUT``. At most 8 files
+go to ``OUT``.
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from realuid.checkpoints import load_checkpoint  # noqa: E402
-from realuid.models.registry import read_manifest, register_run  # noqa: E402
+from realuid.checkpoints import load_checkpoint
+from realuid.io import atomic_write_text
+from realuid.models.registry import read_manifest, register_run
 
 MODELS = {  # registry name: (run folder under WORK, eval-file prefix)
     "fm_cifar_teacher_small": ("fm_teacher", "teacher"),
     "uid_fm_cifar_small": ("uid", "uid"),
     "realuid_fm_cifar_small": ("realuid", "realuid"),
 }
+RECREATE = "bash tools/cifar_gpu_pipeline.sh"
+NOT_DISTRIBUTED = ("The checkpoint is not distributed: it was written under {work}, which is not kept in git. "
+                   "Re-create it with `" + RECREATE + "` (FD classifier, teacher and both students again; "
+                   "the sha256 will differ); `command` is this model's phase alone.")
 PNGS = {"teacher_nfe100.png": "teacher_nfe100", "teacher_nfe1.png": "teacher_nfe1", "uid_nfe1.png": "uid_nfe1",
         "realuid_nfe1.png": "realuid_nfe1"}
 
@@ -40,6 +45,22 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mark_not_distributed(path: Path, work: Path) -> None:
+    """Add ``distributed = false`` and a note saying how to re-create the checkpoint to a manifest.
+
+    The two keys go before the first table, so that they stay top-level keys.
+    """
+    lines = path.read_text().splitlines()
+    first_table = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[")), len(lines))
+    while first_table > 0 and not lines[first_table - 1].strip():
+        first_table -= 1
+    keys = ["distributed = false", f"note = {json.dumps(NOT_DISTRIBUTED.format(work=work))}"]
+    text = "\n".join([f"# Not distributed: re-create with `{RECREATE}`.", *lines[:first_table], *keys,
+                      *lines[first_table:]])
+    atomic_write_text(path, text + "\n")
+    read_manifest(path)   # still a valid manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[f"fd_classifier_{key[len(prefix) + 1:]}"] = {"value": ev["fd_classifier"],
                                                                      "command": ev["command"]}
         manifest = register_run(name, run_dir, metrics=metrics, folder=args.registry)
+        mark_not_distributed(manifest.file, work)
         manifests[name] = manifest.file.read_text()
     if clf_manifest.is_file():
         target = args.registry / "fd_classifier.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(clf_manifest, target)
+        mark_not_distributed(target, work)
         manifests["fd_classifier"] = target.read_text()
     summary["manifests"] = manifests
 
