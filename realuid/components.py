@@ -11,13 +11,13 @@ module (gin ``import my_module`` in a recipe, or ``realuid run --import
 my_module``)::
 
     from realuid.components import register
-    from realuid.paths import AffinePath, Schedule
+    from realuid.paths import AffinePath, PathCoefficients
 
     @register("path")
     class QuadraticFlow(AffinePath):
         '''x_t = (1 - t^2) x0 + t^2 x1.'''
-        def schedule(self, t):
-            return Schedule(a=1 - t**2, da=-2 * t, b=t**2, db=2 * t)
+        def coefficients(self, t):
+            return PathCoefficients(a=1 - t**2, da=-2 * t, b=t**2, db=2 * t)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import gin
 
 KINDS = ("path", "schedule", "coupling", "distance", "objective", "network", "generator", "data",
-         "teacher", "metric", "trainer")
+         "teacher", "metric", "trainer", "loop")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 
 import torch
+from torch import nn
 
 from realuid.errors import UserError, check
 
@@ -13,7 +14,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PRECISIONS = ("fp32", "bf16")
 
 
-def resolve_device(device: str, where: str = "DistillationTrainer.device") -> torch.device:
+def resolve_device(device: str, where: str = "TrainingLoop.device") -> torch.device:
     """``'auto'`` (cuda when available, else cpu), ``'cpu'`` or ``'cuda[:i]'``; a UserError when unusable."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,3 +68,28 @@ def enable_tf32(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+
+
+def to_channels_last(*modules: nn.Module | None) -> None:
+    """Store the 4-D weights (convolutions) of each module in channels-last order (NHWC), in place."""
+    for module in modules:
+        if isinstance(module, nn.Module):
+            module.to(memory_format=torch.channels_last)
+
+
+def compile_networks(*modules: nn.Module | None) -> None:
+    """``module.compile()`` in place (``torch.compile`` of its forward; parameter names stay the same).
+
+    Shapes are static: each batch size (B for the generator, 2B for the fake
+    model's generated + real batch, the evaluation batch) gets its own graph,
+    specialised kernels rather than one symbolic-shape graph.
+    """
+    # Every U-Net instance (teacher, fake model, generator, their EMA) shares one ``forward`` code object, and
+    # each (instance, grad mode, batch size) is a cache entry of it: dynamo's default of 8 entries would
+    # silently send the rest back to eager mode.
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 128))
+    for module in modules:
+        if isinstance(module, nn.Module):
+            module.compile(dynamic=False)

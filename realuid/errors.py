@@ -71,3 +71,24 @@ def check_range(value: float, name: str, low: float | None = None, high: float |
 def warn(message: str) -> None:
     """One warning line on stderr (above the progress bar, which redirects stderr)."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+#: the largest count a loop option may take: steps are named with 8 digits in checkpoint files
+MAX_STEPS = 99_999_999
+#: sizes (batches, sample counts) index tensors with 32-bit integers in some kernels
+MAX_SIZE = 2**31 - 1
+#: seeds are offset per rank and per stream (seed + 1000 * rank + 10_000) and must stay a signed 64-bit integer
+MAX_SEED = 2**62
+
+
+def check_count(value, name: str, low: int = 1, high: int = MAX_SIZE) -> int:
+    """Check that ``value`` is an integer (not a bool) with ``low <= value <= high``; returns it."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UserError(f"{name} must be an integer, got {value!r} ({type(value).__name__})",
+                        f"the value bound to {name}", f"bind {name} to an integer from {low} to {high:,}")
+    if not low <= value <= high:
+        raise UserError(f"{name} = {value!r} is outside {low}..{high:,}", f"the value bound to {name}",
+                        f"bind {name} to an integer from {low} to {high:,}")
+    return int(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from realuid.context import RunContext
 from realuid.paths.base import MatchingPath
 from realuid.components import register
 
@@ -36,15 +37,15 @@ class OneStepGenerator(nn.Module):
         self.noise_scale = float(noise_scale)
         self.path: MatchingPath | None = None
 
-    def bind(self, path: MatchingPath) -> "OneStepGenerator":
-        path.check_parameterization(self.parameterization, "OneStepGenerator.parameterization")
-        self.path = path
-        if self.time is None:
-            self.time = path.t_max
+    def attach(self, context: RunContext) -> "OneStepGenerator":
+        """Read the network through the run's path."""
+        context.path.check_parameterization(self.parameterization, "OneStepGenerator.parameterization")
+        self.path = context.path
         return self
 
     def forward(self, z: torch.Tensor, cond=None) -> torch.Tensor:
-        t = torch.full((z.shape[0],), float(self.time), dtype=z.dtype, device=z.device)
+        t_g = self.path.t_max if self.time is None else self.time
+        t = torch.full((z.shape[0],), float(t_g), dtype=z.dtype, device=z.device)
         x_t = z if self.noise_scale == 1.0 else self.noise_scale * z
         pred = self.path.apply_network(self.network, x_t, t, cond, self.parameterization)
         x1 = cond if self.path.x1_is_condition else None

@@ -56,7 +56,7 @@ class Fields:
         return self.path.target(s, self.parameterization)
 
     def weighted_mean(self, s: PathSample, per_sample: torch.Tensor) -> torch.Tensor:
-        return (self.path.weight(s.t) * per_sample).mean()
+        return (self.path.weight(s.t, self.parameterization) * per_sample).mean()
 
 
 class Objective(ABC):

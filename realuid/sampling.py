@@ -96,7 +96,7 @@ def _time_is_noise_level(path: MatchingPath) -> bool:
 def initial_noise(path: MatchingPath, z: torch.Tensor) -> torch.Tensor:
     """``x_{t_max} = sigma_{t_max} z``: the noise end's Gaussian part (``sigma^2 = b^2 + g^2``)."""
     t = torch.full((z.shape[0],), float(path.t_max), device=z.device, dtype=z.dtype)
-    s = path.schedule(t)
+    s = path.coefficients(t)
     sigma = torch.sqrt(torch.as_tensor(s.b) ** 2 + torch.as_tensor(s.g, dtype=z.dtype, device=z.device) ** 2)
     return expand_like(sigma, z) * z
 

@@ -43,7 +43,7 @@ def run(
                             "give the folder of a previous run (see runs/)")
         if smoke:
             bind = smoke_bindings(resume is not None) + list(bind)
-        trainer = run_recipe(recipe, bind, import_, resume or out, seed, resume is not None, overwrite, progress)
+        loop = run_recipe(recipe, bind, import_, resume or out, seed, resume is not None, overwrite, progress)
     except UserError as err:
         fail(err)
     except RunInterrupted as err:  # SIGINT/SIGTERM: a clean stop after a checkpoint, exit 128 + signal
@@ -55,10 +55,10 @@ def run(
     except KeyboardInterrupt:
         errors.print("interrupted: the last checkpoint written is kept; continue with --resume")
         raise typer.Exit(130)
-    rows = trainer.log.rows()
+    rows = loop.log.rows()
     if rows:
         shown = {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))}
-        console.print(f"[green]done[/] {trainer.out_dir}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        console.print(f"[green]done[/] {loop.out_dir}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
 def list_components(kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Only this kind.")):

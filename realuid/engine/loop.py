@@ -1,38 +1,44 @@
-"""What every trainer shares: device and dtype, precision, data parallelism, the guarded update, the fit loop.
+"""The one training loop: configuration, random streams, the guarded update, reporting, checkpoints, artifacts.
 
-:class:`TrainingLoop` is the base of :class:`~realuid.engine.distillation.DistillationTrainer`
-and :class:`~realuid.engine.teacher_training.MatchingTrainer`. A subclass supplies
-``train_step()`` (one optimisation step, returning the numbers to log),
-``evaluate()``, ``state_dict()`` / ``load_state_dict()`` and
-``write_artifacts()``; the base runs the loop that reads top to bottom::
+A :class:`TrainingLoop` is built around a :class:`~realuid.engine.trainer.Trainer`
+(distillation, teacher training), which supplies its models and one
+``train_step``; the loop does everything else and reads top to bottom::
 
+    trainer.setup(loop)                            # models on the device, tracked for checkpoints
     while step < steps:
-        logs = train_step()                         # running means of every logged number
-        every eval_every:        evaluate()          # one row of metrics.jsonl (+ TensorBoard, sample grid)
-        every checkpoint_every:  save()              # atomic, checksummed, resumable
+        logs = trainer.train_step()                # one optimisation step (K fake + 1 generator, ...)
+        step the tracked lr schedules; step += 1
+        every eval_every:        evaluate()         # one row of metrics.jsonl (+ TensorBoard, sample grid)
+        every checkpoint_every:  save()             # atomic, checksummed, resumable
         on SIGINT/SIGTERM or time_limit: checkpoint and stop
+    write_artifacts()                              # samples.png (+ samples.npy for vector data)
 
-Machinery switched by bindings (both trainers take the same names):
+Randomness comes from three streams, each saved in checkpoints so that a
+resumed run continues bit for bit: the training generator :attr:`TrainingLoop.rng`
+(noise, times, couplings), the data source's own generator, and the global
+torch RNG (dropout). Under data parallelism each rank has its own streams
+(seeds offset by ``1000 * rank``).
 
-- ``precision``: ``'fp32'`` or ``'bf16'`` (``torch.autocast`` around the forward
-  passes and losses; weights, optimiser states and the EMA stay in float32);
+Machinery switched by bindings of ``TrainingLoop``:
+
+- ``precision``: ``'fp32'`` or ``'bf16'`` (``torch.autocast`` around forward passes
+  and losses; weights, optimiser states and the EMA stay in float32);
 - TF32 matmuls and convolutions on CUDA (always on there);
 - ``channels_last`` memory format for image networks;
-- ``compile``: ``nn.Module.compile()`` of the trained networks (state-dict keys unchanged);
-- ``tensorboard``: scalars under ``RUN/tensorboard`` (skipped, with one
-  warning, when the tensorboard package is missing);
+- ``compile``: ``nn.Module.compile()`` of the networks (state-dict keys unchanged);
+- ``tensorboard``: scalars under ``RUN/tensorboard`` (skipped, with one warning,
+  when the tensorboard package is missing);
 - data parallelism under ``torchrun --nproc_per_node N -m realuid run RECIPE``
-  (:class:`Distributed`).
+  (:class:`~realuid.engine.distributed.Distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
 import signal
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,282 +46,116 @@ import torch
 from torch import nn
 
 from realuid.checkpoints import latest_good, save_checkpoint
-
-from realuid.io import remove_stale_temporaries
-
-from realuid.errors import warn
+from realuid.components import register
+from realuid.devices import DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
+from realuid.engine.distributed import Distributed
+from realuid.engine.guard import NonFiniteGuard, TrainingDiverged
+from realuid.engine.reporting import MetricsLog
 from realuid.engine.signals import RunInterrupted, StopSignals
-from realuid.devices import (DTYPES, PRECISIONS, autocast, check_precision, default_dtype, enable_tf32,  # noqa: F401
-                             in_run_dtype, resolve_device)
-from realuid.errors import UserError, check
+from realuid.errors import MAX_SEED, MAX_STEPS, UserError, check, check_count, check_range, warn
+from realuid.io import atomic_write_bytes, npy_bytes, remove_stale_temporaries
 
-def to_channels_last(*modules: nn.Module | None) -> None:
-    """Store the 4-D weights (convolutions) of each module in channels-last order (NHWC), in place."""
-    for module in modules:
-        if isinstance(module, nn.Module):
-            module.to(memory_format=torch.channels_last)
+#: metrics shown on the progress bar when a row has them: (key, label, format)
+PROGRESS_METRICS = (("sw", "sw", ".3f"), ("fd_classifier", "fd", ".2f"))
 
 
-def compile_networks(*modules: nn.Module | None) -> None:
-    """``module.compile()`` in place (``torch.compile`` of its forward; parameter names stay the same).
-
-    Shapes are static: each batch size (B for the generator, 2B for the fake
-    model's generated + real batch, the evaluation batch) gets its own graph,
-    specialised kernels rather than one symbolic-shape graph.
-    """
-    # Every U-Net instance (teacher, fake model, generator, their EMA) shares one ``forward`` code object, and
-    # each (instance, grad mode, batch size) is a cache entry of it: dynamo's default of 8 entries would
-    # silently send the rest back to eager mode.
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 128))
-    for module in modules:
-        if isinstance(module, nn.Module):
-            module.compile(dynamic=False)
-
-
-def build_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int, decay: str, final: float):
-    """LambdaLR of :func:`~realuid.engine.lr_schedules.lr_factor` (linear warm-up, then constant/cosine/linear)."""
-    from realuid.engine.lr_schedules import lr_factor
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup, decay, final))
-
-
-# -- guards ---------------------------------------------------------------------------------------------------------
-class TrainingDiverged(UserError):
-    """The run stopped because too many updates in a row were non-finite (CLI exit code 3)."""
-
-    exit_code = 3
-
-
-class NonFiniteGuard:
-    """Skips updates whose loss or gradient is NaN/Inf, warns, counts them; stops after ``limit`` in a row.
-
-    Streaks are counted per role (fake model, generator): K good fake-model
-    updates do not hide a generator whose every update is NaN. ``total`` is
-    logged as ``bad_steps`` in ``metrics.jsonl``. A skipped update leaves the
-    weights, the optimiser state and the EMA untouched, so every checkpoint
-    holds finite weights; when a streak reaches ``limit`` the run raises
-    :class:`TrainingDiverged` without writing a checkpoint, keeping the last good one.
-    """
-
-    def __init__(self, limit: int, owner: str = "DistillationTrainer"):
-        self.limit, self.total, self.owner = limit, 0, owner
-        self.streaks: dict[str, int] = {}
-
-    @property
-    def in_a_row(self) -> int:
-        return max(self.streaks.values(), default=0)
-
-    def ok(self, loss: torch.Tensor, grad_norm: torch.Tensor, where: str, step: int | None = None) -> bool:
-        both = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(()).to(loss.device)])
-        if bool(torch.isfinite(both).all()):   # one host sync per update
-            self.streaks[where] = 0
-            return True
-        self.total += 1
-        self.streaks[where] = streak = self.streaks.get(where, 0) + 1
-        at = f"step {step}: " if step is not None else ""
-        what = f"loss {float(loss.detach())}" if not torch.isfinite(loss) else f"gradient norm {float(grad_norm)}"
-        warn(f"{at}non-finite {where} {what}; update skipped ({streak} in a row, {self.total} in all; "
-             f"the run stops after {self.limit} in a row)")
-        if streak >= self.limit:
-            raise TrainingDiverged(f"{streak} {where} updates in a row had a non-finite loss or gradient (last: "
-                                   f"{what}{', at ' + at[:-2] if at else ''}); the run stopped and wrote no "
-                                   "checkpoint of this state: the last checkpoint written is kept",
-                                   f"training ({self.owner}.max_bad_steps = {self.limit})",
-                                   "lower the learning rate, raise the warm-up or grad_clip, or "
-                                   "check the data and teacher, then continue from the last checkpoint with --resume")
-        return False
-
-    def state_dict(self):
-        return {"total": self.total, "streaks": dict(self.streaks)}
-
-    def load_state_dict(self, state):
-        self.total = int(state["total"])
-        streaks = state.get("streaks", {})
-        self.streaks = {str(k): int(v) for k, v in streaks.items()}
-
-
-# -- data parallelism -------------------------------------------------------------------------------------------------
-class Distributed:
-    """Data parallelism over the processes ``torchrun`` starts (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
-
-    With ``WORLD_SIZE > 1`` the process group is initialised from the
-    environment (NCCL on CUDA, gloo on CPU) and each process takes the GPU
-    ``cuda:LOCAL_RANK``. Every rank draws its own share of the batch
-    (``batch_size / world_size``) from its own streams (seeds offset by
-    ``1000 * rank``), and after each backward pass the gradients of the updated
-    model are averaged over ranks (one all-reduce per bucket of about 2^24
-    values) before clipping, so every rank takes the same step on the mean
-    gradient of the whole batch, which keeps the replicas identical: the
-    arithmetic of ``DistributedDataParallel``, done explicitly because a
-    distillation step uses each network in several roles (the fake model
-    trained in one update and frozen inside the generator's loss; two forward
-    passes, generated and real, before one backward). A non-finite gradient on
-    any rank becomes non-finite on all after the average, so every rank skips
-    the same updates. Rank 0 alone evaluates and writes files; checkpoints hold
-    every rank's random streams.
-    """
-
-    BUCKET = 1 << 24
-
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: torch.device) -> torch.device:
-        """Initialise the process group (once per process); returns this rank's device."""
-        if not self.enabled:
-            return device
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return device
-
-    def local_batch(self, batch_size: int, where: str) -> int:
-        check(batch_size % self.world_size == 0, f"{where}.batch_size = {batch_size} does not split over "
-              f"{self.world_size} processes", f"{where}.batch_size", f"use a multiple of {self.world_size}")
-        return batch_size // self.world_size
-
-    def broadcast_(self, *modules: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank."""
-        if not self.enabled:
-            return
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for module in modules:
-                for tensor in list(module.parameters()) + list(module.buffers()):
-                    dist.broadcast(tensor.data, 0)
-
-    def average_gradients(self, params: list[nn.Parameter]) -> None:
-        """Replace each gradient by its mean over ranks (parameters without a gradient are skipped)."""
-        if not self.enabled:
-            return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for p in params if p.grad is not None]
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = defaultdict(list)
-        for g in grads:
-            by_dtype[g.dtype].append(g)
-        for group in by_dtype.values():
-            bucket, size = [], 0
-            for g in group + [None]:
-                if g is not None:
-                    bucket.append(g)
-                    size += g.numel()
-                if bucket and (g is None or size >= self.BUCKET):
-                    flat = _flatten_dense_tensors(bucket)
-                    dist.all_reduce(flat)
-                    flat /= self.world_size
-                    for g_old, g_new in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                        g_old.copy_(g_new)
-                    bucket, size = [], 0
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return value
-        import torch.distributed as dist
-
-        value = value.detach().clone().float()
-        dist.all_reduce(value)
-        return value / self.world_size
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank when ``flag`` is true on any rank."""
-        if not self.enabled:
-            return flag
-        import torch.distributed as dist
-
-        value = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
-
-    def gather(self, obj) -> list:
-        """Every rank's ``obj``, in rank order (on every rank)."""
-        if not self.enabled:
-            return [obj]
-        import torch.distributed as dist
-
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def check_replicas(self, weights: dict, step: int) -> None:
-        """Warn when the ranks' weights differ (they must stay identical: same start, same averaged updates)."""
-        total = sum(float(t.double().sum()) for part in weights.values() for t in part.values()
-                    if t.is_floating_point())
-        sums = self.gather(total)
-        if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
-            warn(f"step {step}: the data-parallel replicas differ (weight sums {sums}); this is a bug, please "
-                 "report it with the recipe")
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-# -- the loop -------------------------------------------------------------------------------------------------------
+@register("loop")
 class TrainingLoop:
-    """The fit loop, checkpoints and reporting shared by every trainer (module docstring).
+    """The training loop every trainer runs on: steps, intervals, device, precision, checkpoints, reporting.
 
-    A subclass sets, in its constructor: ``out_dir``, ``steps``, ``eval_every``,
-    ``checkpoint_every``, ``keep_checkpoints``, ``show_progress``, ``device``,
-    ``dtype``, ``guard``, ``log``, and calls :meth:`setup_machinery`.
+    Args:
+        trainer: what is trained (``experiment.trainer``): supplies models and ``train_step``.
+        out_dir: the run folder. seed: seed of every random stream (``realuid run --seed``).
+        steps: optimisation steps (a distillation step is K fake-model updates + 1 generator update).
+        batch_size: the global batch; under data parallelism each of N ranks draws ``batch_size / N``.
+        eval_every, eval_samples: an evaluation (metrics.jsonl row, sample grid) every so many steps,
+            on so many fixed-noise samples of the EMA model.
+        checkpoint_every, keep_checkpoints: a checkpoint every so many steps; the newest kept.
+        max_bad_steps: stop after this many non-finite updates in a row (exit 3).
+        device: ``'auto'``, ``'cpu'`` or ``'cuda[:i]'``. dtype: ``'float32'`` or ``'float64'``.
+        precision: ``'fp32'`` or ``'bf16'`` (autocast of forward passes and losses).
+        channels_last: store image networks' convolution weights channels-last (NHWC). Off by
+            default: slower for the CIFAR U-Net on an H100 (docs/RESULTS.md).
+        compile: ``torch.compile`` the networks.
+        tensorboard: also write the metrics as TensorBoard scalars under ``RUN/tensorboard``.
+        time_limit: stop (final evaluation and checkpoint) once training has taken this many
+            seconds (summed over resumes); 0: no limit.
+        progress: show the progress bar.
     """
 
-    #: shown on the progress bar
-    progress_label = "training"
-    #: the state-dict parts that hold weights, checked for NaN/Inf before a checkpoint is written
-    weight_parts: tuple[str, ...] = ()
-    #: the gin name of the trainer, for error messages
-    owner = "DistillationTrainer"
-    #: what its checkpoints hold: "student" (a one-step generator) or "teacher" (a matching field)
-    model_kind = "student"
-
-    def setup_machinery(self, seed: int, device: str, dtype: str, precision: str = "fp32", tensorboard: bool = True,
-                        time_limit: float = 0.0) -> None:
-        """Device (with data parallelism), dtype, precision, TF32, step counters, TensorBoard and time limit."""
-        where = self.owner
+    def __init__(self, trainer, out_dir: str | Path, seed: int = 0, steps: int = 2000, batch_size: int = 512,
+                 eval_every: int = 500, eval_samples: int = 5000, checkpoint_every: int = 1000,
+                 keep_checkpoints: int = 2, max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32",
+                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+                 tensorboard: bool = True, time_limit: float = 0.0, progress: bool = True):
+        where = "TrainingLoop"
+        self.seed = check_count(seed, f"{where}.seed (realuid run --seed)", 0, MAX_SEED)
+        self.steps = check_count(steps, f"{where}.steps", 1, MAX_STEPS)
+        self.batch_size = check_count(batch_size, f"{where}.batch_size")
+        self.eval_every = check_count(eval_every, f"{where}.eval_every", 1, MAX_STEPS)
+        self.eval_samples = check_count(eval_samples, f"{where}.eval_samples")
+        self.checkpoint_every = check_count(checkpoint_every, f"{where}.checkpoint_every", 1, MAX_STEPS)
+        self.keep_checkpoints = check_count(keep_checkpoints, f"{where}.keep_checkpoints", 1, 10_000)
+        max_bad_steps = check_count(max_bad_steps, f"{where}.max_bad_steps", 1, MAX_STEPS)
         check(dtype in DTYPES, f"unknown dtype {dtype!r}", f"{where}.dtype", f"use one of {list(DTYPES)}")
         self.dtype = DTYPES[dtype]
         check_precision(precision, self.dtype, where)
-        check(isinstance(time_limit, (int, float)) and not isinstance(time_limit, bool) and time_limit >= 0,
-              f"{where}.time_limit must be a number of seconds >= 0 (0: no limit), got {time_limit!r}",
-              f"{where}.time_limit", f"bind {where}.time_limit = 0 or a number of seconds")
+        check_range(time_limit, f"{where}.time_limit", 0.0, where=f"{where}.time_limit (0: no limit)")
+        for name, flag in (("channels_last", channels_last), ("compile", compile), ("tensorboard", tensorboard),
+                           ("progress", progress)):
+            check(isinstance(flag, bool), f"{where}.{name} must be True or False, got {flag!r}",
+                  f"{where}.{name}", f"bind {where}.{name} = True or False")
+
+        self.out_dir = Path(out_dir)
+        self.precision, self.channels_last, self.compile = precision, channels_last, compile
+        self.use_tensorboard, self.time_limit, self.show_progress = tensorboard, float(time_limit), progress
         self.dist = Distributed()
         self.device = self.dist.init(resolve_device(device, f"{where}.device"))
         enable_tf32(self.device)
-        self.seed, self.precision = seed, precision
-        self.stream_seed = seed + 1000 * self.dist.rank   # per-rank data and noise streams
-        self.use_tensorboard, self.time_limit = tensorboard, float(time_limit)
-        self._tensorboard = None
+        self.local_batch_size = self.dist.local_batch(self.batch_size, where)
+        self.stream_seed = self.seed + 1000 * self.dist.rank   # per-rank data and noise streams
+        self.guard = NonFiniteGuard(max_bad_steps)
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.step, self.wall_time = 0, 0.0
-        self.running: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self.running: dict[str, list] = defaultdict(lambda: [0.0, 0])
+        self.last_samples: torch.Tensor | None = None
+        self._tracked: dict[str, object] = {}
+        self._lr_schedules: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self._tensorboard = None
+
+        self.trainer = trainer
+        with default_dtype(self.dtype):
+            trainer.setup(self)
+        self.data = trainer.data
+        self.data.seed(self.stream_seed + 1)
+        self.rng = torch.Generator(self.device).manual_seed(self.stream_seed + 2)
+
+    # -- what a trainer calls during setup and its steps ----------------------------------------------------------
+    def track(self, **parts) -> None:
+        """Save and restore these objects (modules, optimisers, EMA) in every checkpoint, under their names."""
+        for name, part in parts.items():
+            check(name not in self._tracked, f"two parts of the checkpoint are called {name!r}", "the trainer")
+            self._tracked[name] = part
+
+    def track_lr(self, **schedules) -> None:
+        """Step these lr schedules after every step, log their learning rates under these names, checkpoint them."""
+        self._lr_schedules.update(schedules)
 
     def autocast(self):
         """The precision context for forward passes and losses (bf16 autocast or nothing)."""
         return autocast(self.device, self.precision)
 
-    # -- one update ---------------------------------------------------------------------------------------------------
+    def prepare(self, *modules: nn.Module | None) -> None:
+        """Channels-last and ``torch.compile`` of these networks, as the loop's options say (images only)."""
+        from realuid.devices import compile_networks, to_channels_last
+
+        if self.channels_last and self.trainer.data.is_image:
+            to_channels_last(*modules)
+        if self.compile:
+            compile_networks(*modules)
+
     def apply_update(self, loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                     where: str, grad_clip: float) -> bool:
+                     role: str, grad_clip: float) -> bool:
         """Backward, average gradients over ranks, clip, and step unless the loss or gradient is non-finite."""
         optimizer.zero_grad(set_to_none=True)
         # No check before backward (it would stall the host on the forward): a non-finite loss makes a
@@ -325,12 +165,13 @@ class TrainingLoop:
             self.dist.average_gradients(params)
             loss = self.dist.mean(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if not self.guard.ok(loss, grad_norm, where, self.step + 1):
+        if not self.guard.ok(loss, grad_norm, role, self.step + 1):
             optimizer.zero_grad(set_to_none=True)
             return False
         optimizer.step()
         return True
 
+    # -- running means ----------------------------------------------------------------------------------------------
     def accumulate(self, logs: dict) -> None:
         """Add a step's numbers to the running means written at the next evaluation.
 
@@ -356,10 +197,9 @@ class TrainingLoop:
     def running_means(self) -> dict:
         return {k: s / max(c, 1) for k, (s, c) in self.running_state().items()}
 
-    # -- reporting ----------------------------------------------------------------------------------------------------
+    # -- reporting --------------------------------------------------------------------------------------------------
     def learning_rates(self) -> dict:
-        """The current learning rate(s), by name, for every metrics row."""
-        raise NotImplementedError
+        return {name: schedule.get_last_lr()[0] for name, schedule in self._lr_schedules.items()}
 
     def evaluate(self) -> dict:
         """One row of metrics.jsonl: running means, learning rates, bad steps, and the metrics of
@@ -368,18 +208,18 @@ class TrainingLoop:
         row.update(self.running_means())
         row.update({**self.learning_rates(), "bad_steps": self.guard.total})
         if self.dist.is_main:
-            samples = self.sample(self.eval_samples)
+            samples = self.trainer.sample(self.eval_samples)
             self.last_samples = samples
             if self.data.is_image:
                 self.save_sample_grid(samples)
-            for metric in self.metrics:
+            for metric in self.trainer.metrics:
                 row.update(metric(samples))
         self.report(row)
         return row
 
     def report(self, row: dict) -> None:
         """Append a row to metrics.jsonl and its numbers to TensorBoard (rank 0 only); resets the running means."""
-        if torch.cuda.is_available() and self.device.type == "cuda":
+        if self.device.type == "cuda":
             row.setdefault("peak_memory_gib", round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3))
         self.running.clear()
         if not self.dist.is_main:
@@ -412,6 +252,14 @@ class TrainingLoop:
             self._tensorboard.close()
             self._tensorboard = None
 
+    def status(self, logs: dict, row: dict | None) -> str:
+        """The progress bar's text: the trainer's losses, then the last evaluation's headline metrics."""
+        parts = [f"{label} {float(logs[key]):.4g}" for key, label in self.trainer.progress_fields if key in logs]
+        for key, label, fmt in PROGRESS_METRICS:
+            if row is not None and key in row:
+                parts.append(f"{label} {row[key]:{fmt}}")
+        return " ".join(parts)
+
     def save_sample_grid(self, samples: torch.Tensor) -> None:
         """The fixed-noise samples of this evaluation as ``RUN/samples/step_XXXXXXXX.png`` (image data, rank 0)."""
         from realuid.pictures import image_grid_png
@@ -422,20 +270,19 @@ class TrainingLoop:
         folder.mkdir(parents=True, exist_ok=True)
         image_grid_png(samples[:64], folder / f"step_{self.step:08d}.png")
 
-    # -- checkpoints --------------------------------------------------------------------------------------------------
-    def checkpoint_meta(self) -> dict:
-        """What a checkpoint says about itself: trainer, shapes, and the run's operative config (for sampling)."""
-        import gin
+    def write_artifacts(self) -> None:
+        """The final samples: a PNG grid (images), or ``samples.npy`` and, in 2-D, a scatter plot (vectors)."""
+        from realuid.pictures import image_grid_png, scatter_png
 
-        config = self.out_dir / "config.gin"
-        fields = getattr(self, "fields", None)
-        data = getattr(self, "data", None)
-        return {"trainer": self.owner, "kind": self.model_kind,
-                "config": config.read_text() if config.is_file() else gin.operative_config_str(),
-                "parameterization": getattr(self, "parameterization", None) or getattr(fields, "parameterization", None),
-                "path": type(getattr(self, "path", None)).__name__, "shape": list(getattr(self, "shape", ())),
-                "num_classes": int(getattr(data, "num_classes", 0)), "world_size": self.dist.world_size}
+        samples = self.last_samples if self.last_samples is not None else self.trainer.sample(self.eval_samples)
+        if self.data.is_image:
+            image_grid_png(samples[:64], self.out_dir / "samples.png")
+            return
+        atomic_write_bytes(self.out_dir / "samples.npy", npy_bytes(samples.detach().cpu().numpy()))
+        if tuple(self.data.shape) == (2,):
+            scatter_png(samples, self.out_dir / "samples.png", getattr(self.data, "log_prob", None))
 
+    # -- checkpoints ------------------------------------------------------------------------------------------------
     def rank_streams(self) -> dict:
         """This rank's random streams (data position, training generator, torch and CUDA RNG)."""
         state = {"rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "data": self.data.state_dict()}
@@ -450,15 +297,55 @@ class TrainingLoop:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.data.load_state_dict(state["data"])
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs: counters, guard, running means, streams and every tracked part."""
+        state = {"step": self.step, "wall_time": self.wall_time, "guard": self.guard.state_dict(),
+                 "running": self.running_state(), **self.rank_streams()}
+        state.update({name: part.state_dict() for name, part in {**self._tracked, **self._lr_schedules}.items()})
+        return state
+
+    def load_state_dict(self, state: dict, where: str = "--resume") -> None:
+        """Restore a checkpoint; a part that does not fit this run's config is a UserError naming both shapes."""
+        missing = [name for name in ("step", "guard", "running", *self._tracked, *self._lr_schedules)
+                   if name not in state]
+        if missing:
+            raise UserError(f"the checkpoint lacks {', '.join(missing)}: it was written by another trainer "
+                            f"({(state.get('meta') or {}).get('trainer', 'unknown')}) or another version",
+                            where, "resume a run folder written by this recipe, or start afresh with --overwrite")
+        for name, part in {**self._tracked, **self._lr_schedules}.items():
+            if isinstance(part, nn.Module):
+                check_fits(part, state[name], f"the checkpoint's {name}", where)
+            try:
+                part.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise UserError(f"the checkpoint's {name} does not fit this run's config "
+                                f"({str(err).splitlines()[0][:200]})", where,
+                                "resume with the config the run started with (its config.gin), or start afresh "
+                                "with --overwrite") from None
+        self.step, self.wall_time = int(state["step"]), float(state["wall_time"])
+        self.guard.load_state_dict(state["guard"])
+        self.running = defaultdict(lambda: [0.0, 0], {k: list(v) for k, v in state["running"].items()})
+        self.load_rank_streams(state)
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint says about itself: trainer, kind, shapes, and the run's operative config."""
+        import gin
+
+        config = self.out_dir / "config.gin"
+        return {"trainer": self.trainer.name, "kind": self.trainer.kind,
+                "config": config.read_text() if config.is_file() else gin.operative_config_str(),
+                **self.trainer.describe(), "world_size": self.dist.world_size}
+
     def save(self) -> Path | None:
         """Write a checkpoint of the current state (rank 0); refuses (TrainingDiverged) if any weight is NaN/Inf."""
         state = self.state_dict()
+        weights = [name for name, part in self._tracked.items() if isinstance(part, nn.Module)]
         if self.dist.enabled:
             state["ranks"] = self.dist.gather(self.rank_streams())
-            self.dist.check_replicas({part: state[part] for part in self.weight_parts}, self.step)
+            self.dist.check_replicas({name: state[name] for name in weights}, self.step)
         if not self.dist.is_main:
             return None
-        for part in self.weight_parts:
+        for part in weights:
             for name, tensor in state[part].items():
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     raise TrainingDiverged(f"the {part} weight {name} holds NaN/Inf at step {self.step}; no "
@@ -480,8 +367,8 @@ class TrainingLoop:
             raise UserError(f"no usable checkpoint in {folder}", "--resume",
                             "resume a run folder that has reached its first checkpoint, or start it afresh "
                             "with --overwrite")
-        state = found[1]
-        self.load_state_dict(state)
+        path, state = found
+        self.load_state_dict(state, f"--resume {self.out_dir} ({path.name})")
         ranks = state.get("ranks")
         if self.dist.enabled:
             if ranks is not None and len(ranks) == self.dist.world_size:
@@ -489,15 +376,12 @@ class TrainingLoop:
             else:
                 warn(f"the checkpoint was written by {len(ranks or [0])} process(es), this run has "
                      f"{self.dist.world_size}: random streams restart from per-rank seeds")
-                self.reseed_streams(self.stream_seed + self.step)
+                self.data.seed(self.stream_seed + self.step + 1)
+                self.rng.manual_seed(self.stream_seed + self.step + 2)
         if self.dist.is_main:
             self.log.truncate_after(self.step)
 
-    def reseed_streams(self, seed: int) -> None:
-        self.data.seed(seed + 1)
-        self.rng.manual_seed(seed + 2)
-
-    # -- the loop -----------------------------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict | None:
         """Train until ``steps`` (or ``time_limit`` seconds, or a signal), evaluating and checkpointing on the way."""
         from realuid.engine.reporting import progress_bar
@@ -510,11 +394,16 @@ class TrainingLoop:
         stop = StopSignals()
         try:
             with stop, bar, default_dtype(self.dtype):
-                task = bar.add_task(self.progress_label, total=self.steps, completed=self.step, rate="", status="") \
+                task = bar.add_task(self.trainer.label, total=self.steps, completed=self.step, rate="", status="") \
                     if show else None
                 tick = time.perf_counter()
                 while self.step < self.steps:
-                    logs = self.train_step()
+                    logs = self.trainer.train_step()
+                    with warnings.catch_warnings():  # torch warns when the first update was skipped (non-finite)
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                        for schedule in self._lr_schedules.values():
+                            schedule.step()
+                    self.step += 1
                     self.accumulate(logs)
                     now = time.perf_counter()
                     self.wall_time += now - tick
@@ -540,15 +429,34 @@ class TrainingLoop:
                     if task is not None:
                         bar.update(task, completed=self.step,
                                    rate=f"{self.step / max(self.wall_time, 1e-9):.1f} it/s",
-                                   status=self._status(logs, last_row))
+                                   status=self.status(logs, last_row))
                     if out_of_time:
                         if self.dist.is_main:
                             warn(f"time limit of {self.time_limit:g} s reached at step {self.step} of {self.steps}; "
                                  "the final checkpoint is written (continue with --resume and a larger time_limit)")
                         break
-            if self.dist.is_main:
-                self.write_artifacts()
+                self.guard.check_some_applied()
+                if self.dist.is_main:
+                    self.write_artifacts()
         finally:
             self.close_reporting()
         self.dist.barrier()
         return last_row
+
+
+def check_fits(module: nn.Module, state: dict, what: str, where: str) -> None:
+    """A UserError naming the first tensor of ``state`` whose name or shape differs from ``module``'s."""
+    own = module.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise UserError(f"{what} has no tensor {name!r} (it has {len(state)} tensors, this run's model "
+                            f"{len(own)})", where, "use the architecture the checkpoint was written with")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UserError(f"{what} does not fit: its {name} has shape {tuple(state[name].shape)}, this run's "
+                            f"model has {tuple(tensor.shape)}", where,
+                            "use the architecture the checkpoint was written with")
+    extra = [name for name in state if name not in own]
+    if extra:
+        raise UserError(f"{what} has tensors this run's model lacks (first: {extra[0]!r})", where,
+                        "use the architecture the checkpoint was written with")
+

@@ -25,6 +25,7 @@ import realuid
 from realuid.config import absolute_imports, call_configured, import_modules, parse_recipe
 from realuid.checkpoints import checkpoints
 from realuid.io import atomic_write_text
+from realuid.engine.loop import TrainingLoop
 from realuid.errors import UserError
 
 
@@ -135,7 +136,7 @@ def _recorded_file(name: str, given: Sequence[str], run_json: Path) -> str:
 def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
           out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool = True):
-    """Parse the recipe and build the trainer; nothing is written until everything is valid.
+    """Parse the recipe and build the trainer and its loop; nothing is written until everything is valid.
 
     A fresh run needs a new or empty ``out`` (or ``overwrite`` of a previous
     run folder). ``resume`` rebuilds the run from ``out/config.gin`` and
@@ -176,14 +177,15 @@ def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequenc
         import_modules(imports)
         imports = absolute_imports(imports)   # recorded so: --resume works from any folder
         parse_recipe(recipe, binds)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)   # network initialisation while gin builds the trainer
     trainer_cls = call_configured(experiment)
-    trainer = call_configured(trainer_cls, out_dir=out, seed=seed)
-    trainer.show_progress = trainer.show_progress and progress
-    return trainer, {"seed": seed, "imports": list(imports), "out": str(out)}
+    trainer = call_configured(trainer_cls)
+    loop = call_configured(TrainingLoop, trainer=trainer, out_dir=out, seed=seed)
+    loop.show_progress = loop.show_progress and progress
+    return loop, {"seed": seed, "imports": list(imports), "out": str(out)}
 
 
-def write_run_files(trainer, meta: dict, recipe, binds: Sequence[str], overwrite: bool, resume: bool) -> None:
+def write_run_files(meta: dict, recipe, binds: Sequence[str], overwrite: bool, resume: bool) -> None:
     """Create the run folder with config.gin and run.json (on resume: note the resume in run.json)."""
     out = Path(meta["out"])
     now = _dt.datetime.now().isoformat(timespec="seconds")
@@ -224,19 +226,19 @@ def _remove_run_files(folder: Path, keep_folder: bool) -> None:
 def run(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
         out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
         progress: bool = True):
-    """Build, write the run folder, train; returns the trainer (its last metrics in ``trainer.log``).
+    """Build, write the run folder, train; returns the loop (its metrics in ``loop.log``, its trainer in ``loop.trainer``).
 
     A fresh run that fails before writing its first checkpoint leaves no run
     folder behind (it could only mislead: there is nothing to resume).
     """
-    trainer, meta = build(recipe, binds, imports, out, seed, resume, overwrite, progress)
+    loop, meta = build(recipe, binds, imports, out, seed, resume, overwrite, progress)
     folder = Path(meta["out"])
     existed = folder.is_dir()
     main_process = int(os.environ.get("RANK", "0")) == 0   # under torchrun rank 0 alone writes files
     if main_process:
-        write_run_files(trainer, meta, recipe, binds, overwrite, resume)
+        write_run_files(meta, recipe, binds, overwrite, resume)
     try:
-        trainer.fit(resume=resume)
+        loop.fit(resume=resume)
     except BaseException as err:
         if main_process and not resume and not checkpoints(folder / "checkpoints"):
             _remove_run_files(folder, keep_folder=existed)
@@ -246,4 +248,4 @@ def run(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[
                 if err.fix:
                     err.fix = err.fix.replace("continue from the last checkpoint with --resume", "start the run again")
         raise
-    return trainer
+    return loop

@@ -6,13 +6,14 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 
 
 class Metric(ABC):
-    """``metric(samples) -> {name: float}``; :meth:`bind` gives it the real data first."""
+    """``metric(samples) -> {name: float}``; ``attach(context)`` gives it the run's data first."""
 
-    def bind(self, data: DataSource) -> "Metric":
+    def attach(self, context: RunContext) -> "Metric":
+        """Take what the metric needs from the run (its data, by default nothing)."""
         return self
 
     @abstractmethod

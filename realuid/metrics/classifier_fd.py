@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from realuid.components import register
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 from realuid.errors import UserError
 from realuid.io import sha256_file
 from realuid.metrics.base import Metric
@@ -96,8 +96,9 @@ class ClassifierFD(Metric):
         self.with_precision_recall, self.pr_k, self.pr_reference_size = precision_recall, pr_k, pr_reference_size
         self._reference: dict | None = None
 
-    def bind(self, data: DataSource) -> "ClassifierFD":
+    def attach(self, context: RunContext) -> "ClassifierFD":
         """Check that the run's data are CIFAR-shaped images; read the shards from the same folder as the data."""
+        data = context.data
         if tuple(data.shape) != (3, 32, 32):
             raise UserError(f"ClassifierFD measures 32x32 RGB images; the run's data have shape {tuple(data.shape)}",
                             "ClassifierFD", "use it with CIFAR-10 data (CIFAR10Shards), or drop it from the metrics")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 from realuid.errors import UserError
 from realuid.metrics.base import Metric
 from realuid.components import register
@@ -88,8 +88,9 @@ class TorchFidelityFID(Metric):
         self._reference: UInt8Images | None = None
         self._reference_name = ""
 
-    def bind(self, data: DataSource) -> "TorchFidelityFID":
+    def attach(self, context: RunContext) -> "TorchFidelityFID":
         """Check that the run's data are CIFAR-shaped images; read the shards from the same folder as the data."""
+        data = context.data
         if tuple(data.shape) != (3, 32, 32):
             raise UserError(f"TorchFidelityFID compares with CIFAR-10 (32x32 RGB); the run's data have shape "
                             f"{tuple(data.shape)}", "TorchFidelityFID",

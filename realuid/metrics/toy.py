@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 from realuid.data.gmm import GaussianMixture
 from realuid.errors import UserError
 from realuid.metrics.base import Metric
@@ -58,7 +58,8 @@ class MixtureMetrics(Metric):
                  on_mode_radius: float = 3.0, seed: int = 1234):
         self.mixture, self.num_projections, self.radius, self.seed = mixture, num_projections, on_mode_radius, seed
 
-    def bind(self, data: DataSource) -> "MixtureMetrics":
+    def attach(self, context: RunContext) -> "MixtureMetrics":
+        data = context.data
         if self.mixture is None:
             if not isinstance(data, GaussianMixture):
                 raise UserError(f"MixtureMetrics needs a Gaussian mixture, but the data is {type(data).__name__}",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realuid.checkpoints import load_checkpoint
+from realuid.context import RunContext
 from realuid.errors import UserError
 from realuid.models.registry import resolve_source
 
@@ -82,7 +83,8 @@ def load_trained(source: str | Path, device="cpu", where: str = "SOURCE argument
     else:
         built = _build_from_config(config, {"generator": "DistillationTrainer.generator",
                                             "path": "DistillationTrainer.path"})
-        module = built["generator"].bind(built["path"])
+        context = RunContext(built["path"], meta.get("parameterization") or "velocity", owner="DistillationTrainer")
+        module = built["generator"].attach(context)
         module.load_state_dict(ema_weights(state))
     module = module.to(device).eval().requires_grad_(False)
     shape = tuple(meta.get("shape") or ())

@@ -1,6 +1,6 @@
 """Matching paths, one file per family; :mod:`realuid.paths.base` holds the interface."""
 
-from realuid.paths.base import (PARAMETERIZATIONS, AffinePath, MatchingPath, PathSample, Schedule,
+from realuid.paths.base import (PARAMETERIZATIONS, AffinePath, MatchingPath, PathSample, PathCoefficients,
                                 expand_like)
 from realuid.paths.flow import RectifiedFlow
 from realuid.paths.affine import (AffineFlow, CosineSchedule, FlowSchedule, LinearSchedule,
@@ -9,9 +9,9 @@ from realuid.paths.bridge import BrownianBridge
 from realuid.paths.diffusion import EDM, VE, VP, DiffusionPath
 from realuid.paths.interpolant import (NoiseSchedule, SineSquaredNoise, SqrtNoise,
                                        StochasticInterpolant)
-from realuid.paths.validation import validate_schedule, x0_slope
+from realuid.paths.validation import validate_coefficients, x0_slope
 
-__all__ = ["PARAMETERIZATIONS", "AffinePath", "MatchingPath", "PathSample", "Schedule", "expand_like",
+__all__ = ["PARAMETERIZATIONS", "AffinePath", "MatchingPath", "PathSample", "PathCoefficients", "expand_like",
            "RectifiedFlow", "AffineFlow", "FlowSchedule", "LinearSchedule", "CosineSchedule", "PolynomialSchedule",
            "BrownianBridge", "DiffusionPath", "VP", "VE", "EDM", "StochasticInterpolant", "NoiseSchedule",
-           "SqrtNoise", "SineSquaredNoise", "validate_schedule", "x0_slope"]
+           "SqrtNoise", "SineSquaredNoise", "validate_coefficients", "x0_slope"]

@@ -1,6 +1,6 @@
 """General affine flows: ``x_t = a_t x0 + b_t x1`` with a registrable schedule (Lipman et al., 2023).
 
-A flow schedule is a small class: it returns :class:`~realuid.paths.base.Schedule`
+A flow schedule is a small class: it returns :class:`~realuid.paths.base.PathCoefficients`
 (``a, a', b, b'``) at times t, with time running from data (``a_0 = 1, b_0 = 0``)
 to noise (``a_1 = 0, b_1 = 1``). Register it as a ``"schedule"`` and bind it::
 
@@ -8,7 +8,7 @@ to noise (``a_1 = 0, b_1 = 1``). Register it as a ``"schedule"`` and bind it::
     class QuarticSchedule(FlowSchedule):
         '''a = 1 - t^4, b = t^4.'''
         def __call__(self, t):
-            return Schedule(a=1 - t**4, da=-4 * t**3, b=t**4, db=4 * t**3)
+            return PathCoefficients(a=1 - t**4, da=-4 * t**3, b=t**4, db=4 * t**3)
 
     # recipe
     DistillationTrainer.path = @AffineFlow()
@@ -26,8 +26,8 @@ from abc import ABC, abstractmethod
 import torch
 
 from realuid.errors import UserError, check_range
-from realuid.paths.base import AffinePath, Schedule
-from realuid.paths.validation import validate_schedule
+from realuid.paths.base import AffinePath, PathCoefficients
+from realuid.paths.validation import validate_coefficients
 from realuid.components import register
 
 
@@ -35,7 +35,7 @@ class FlowSchedule(ABC):
     """(a_t, a'_t, b_t, b'_t) of ``x_t = a_t x0 + b_t x1``; a subclass defines ``__call__``."""
 
     @abstractmethod
-    def __call__(self, t: torch.Tensor) -> Schedule:
+    def __call__(self, t: torch.Tensor) -> PathCoefficients:
         """The coefficients and their time derivatives at times t [B]."""
 
     def __repr__(self):
@@ -48,7 +48,7 @@ class LinearSchedule(FlowSchedule):
 
     def __call__(self, t):
         one = torch.ones_like(t)
-        return Schedule(a=1 - t, da=-one, b=t, db=one)
+        return PathCoefficients(a=1 - t, da=-one, b=t, db=one)
 
 
 @register("schedule")
@@ -61,7 +61,7 @@ class CosineSchedule(FlowSchedule):
 
     def __call__(self, t):
         half_pi = 0.5 * math.pi
-        return Schedule(a=torch.cos(half_pi * t), da=-half_pi * torch.sin(half_pi * t),
+        return PathCoefficients(a=torch.cos(half_pi * t), da=-half_pi * torch.sin(half_pi * t),
                         b=torch.sin(half_pi * t), db=half_pi * torch.cos(half_pi * t))
 
 
@@ -81,7 +81,7 @@ class PolynomialSchedule(FlowSchedule):
         n = self.exponent
         tn = t**n
         dtn = n * t ** (n - 1) if n != 1 else torch.ones_like(t)
-        return Schedule(a=1 - tn, da=-dtn, b=tn, db=dtn)
+        return PathCoefficients(a=1 - tn, da=-dtn, b=tn, db=dtn)
 
     def __repr__(self):
         return f"PolynomialSchedule(exponent={self.exponent})"
@@ -114,9 +114,9 @@ class AffineFlow(AffinePath):
         scheduler = LinearSchedule() if scheduler is None else scheduler
         check_schedule(scheduler, FlowSchedule, type(self).__name__, "scheduler")
         self.scheduler = scheduler
-        validate_schedule(self)
+        validate_coefficients(self)
 
-    def schedule(self, t):
+    def coefficients(self, t):
         return self.scheduler(t)
 
     def __repr__(self):

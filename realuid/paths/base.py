@@ -45,7 +45,7 @@ PARAMETERIZATIONS = ("velocity", "x0", "epsilon", "score")
 
 
 @dataclass(frozen=True)
-class Schedule:
+class PathCoefficients:
     """Coefficients of ``x_t = a x0 + b x1 + g z`` and their time derivatives, each of shape [B]."""
 
     a: torch.Tensor
@@ -121,8 +121,12 @@ class MatchingPath(ABC):
                 t: torch.Tensor, x1: torch.Tensor | None = None) -> torch.Tensor:
         """Turn a prediction at (x_t, t) from one parameterisation into another."""
 
-    def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Loss weight w(t) >= 0; 1 unless the family defines another."""
+    def weight(self, t: torch.Tensor, parameterization: str) -> torch.Tensor:
+        """Loss weight w(t) >= 0 of an objective that compares fields in ``parameterization``.
+
+        1 unless the family defines another; a family whose weight is stated in
+        one space (EDM: on x0) converts it to the space asked for.
+        """
         return torch.ones_like(t)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -147,19 +151,8 @@ class MatchingPath(ABC):
         """True for bridges: x1 is a known corrupted input, not noise to integrate out."""
         return False
 
-    #: set by :meth:`bind`: the parameterisation the objective compares fields in, and the coupling
-    loss_parameterization: str | None = None
-    coupling: object = None
-
-    def bind(self, parameterization: str, coupling=None) -> "MatchingPath":
-        """Called by the trainer with the objective's parameterisation and the coupling.
-
-        A family whose loss weight is stated in one space (EDM: on x0) converts it
-        to ``parameterization`` in :meth:`weight`; a bridge checks that the coupling is paired.
-        """
-        self.check_parameterization(parameterization, "DistillationTrainer.parameterization")
-        self.loss_parameterization, self.coupling = parameterization, coupling
-        return self
+    def check_coupling(self, coupling, where: str) -> None:
+        """Refuse a coupling this path cannot use (a bridge needs a paired one); any coupling by default."""
 
     def check_parameterization(self, name: str, where: str) -> None:
         if name not in self.parameterizations:
@@ -171,7 +164,7 @@ class MatchingPath(ABC):
 
 
 class AffinePath(MatchingPath):
-    """``x_t = a_t x0 + b_t x1 + g_t z`` with ``t ~ U[t_min, t_max]``; a subclass defines :meth:`schedule`.
+    """``x_t = a_t x0 + b_t x1 + g_t z`` with ``t ~ U[t_min, t_max]``; a subclass defines :meth:`coefficients`.
 
     Args:
         t_min, t_max: the support of the uniform time law; keep them off the
@@ -185,7 +178,7 @@ class AffinePath(MatchingPath):
         self.t_min, self.t_max = float(t_min), float(t_max)
 
     @abstractmethod
-    def schedule(self, t: torch.Tensor) -> Schedule:
+    def coefficients(self, t: torch.Tensor) -> PathCoefficients:
         """(a, a', b, b', g, g') at times t."""
 
     # -- sampling ---------------------------------------------------------------------------
@@ -194,7 +187,7 @@ class AffinePath(MatchingPath):
         return self.t_min + (self.t_max - self.t_min) * u
 
     def interpolate(self, x0, x1, t, z=None, cond=None):
-        s = self.schedule(t)
+        s = self.coefficients(t)
         x_t = expand_like(s.a, x0) * x0 + expand_like(s.b, x1) * x1
         if self.needs_extra_noise:
             if z is None:
@@ -203,14 +196,14 @@ class AffinePath(MatchingPath):
         return PathSample(x0=x0, x1=x1, t=t, x_t=x_t, z=z, cond=cond)
 
     # -- the Gaussian part n = x_t - a x0 - c ------------------------------------------------
-    def noise_scale(self, s: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
+    def noise_scale(self, s: PathCoefficients) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma_t, sigma'_t) of the Gaussian part n of x_t."""
         if self.x1_is_condition:
             return s.g, s.dg
         sigma = torch.sqrt(s.b**2 + torch.as_tensor(s.g) ** 2)
         return sigma, (s.b * s.db + torch.as_tensor(s.g) * torch.as_tensor(s.dg)) / sigma
 
-    def _offset(self, s: Schedule, x1: torch.Tensor | None, like: torch.Tensor):
+    def _offset(self, s: PathCoefficients, x1: torch.Tensor | None, like: torch.Tensor):
         """(c_t, c'_t): the known part b x1 of x_t for bridges, else 0."""
         if not self.x1_is_condition:
             return 0.0, 0.0
@@ -221,7 +214,7 @@ class AffinePath(MatchingPath):
     # -- targets and conversions ---------------------------------------------------------------
     def target(self, sample, parameterization):
         if parameterization == "velocity":
-            s = self.schedule(sample.t)
+            s = self.coefficients(sample.t)
             v = expand_like(s.da, sample.x0) * sample.x0 + expand_like(s.db, sample.x1) * sample.x1
             if self.needs_extra_noise:
                 v = v + expand_like(s.dg, sample.z) * sample.z
@@ -234,7 +227,7 @@ class AffinePath(MatchingPath):
         self.check_parameterization(dest, f"{type(self).__name__}.convert")
         if dest == "x0":
             return x0
-        s = self.schedule(t)
+        s = self.coefficients(t)
         sigma, dsigma = (expand_like(v, x_t) for v in self.noise_scale(s))
         c, dc = self._offset(s, x1, x_t)
         n = x_t - expand_like(s.a, x_t) * x0 - c
@@ -248,7 +241,7 @@ class AffinePath(MatchingPath):
         self.check_parameterization(source, f"{type(self).__name__}.convert")
         if source == "x0":
             return pred
-        s = self.schedule(t)
+        s = self.coefficients(t)
         sigma, dsigma = (expand_like(v, x_t) for v in self.noise_scale(s))
         c, dc = self._offset(s, x1, x_t)
         a = expand_like(s.a, x_t)

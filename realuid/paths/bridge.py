@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from realuid.errors import UserError, check_range
-from realuid.paths.base import AffinePath, Schedule, expand_like
-from realuid.paths.validation import validate_schedule
+from realuid.paths.base import AffinePath, PathCoefficients, expand_like
+from realuid.paths.validation import validate_coefficients
 from realuid.components import register
 
 
@@ -56,7 +56,7 @@ class BrownianBridge(AffinePath):
                     where="BrownianBridge.t_max (the bridge noise and its derivative degenerate at t = 1)")
         super().__init__(t_min, t_max)
         self.eps = float(eps)
-        validate_schedule(self)
+        validate_coefficients(self)
 
     @property
     def x1_is_condition(self) -> bool:
@@ -66,18 +66,16 @@ class BrownianBridge(AffinePath):
     def needs_extra_noise(self) -> bool:
         return True
 
-    def schedule(self, t):
+    def coefficients(self, t):
         one = torch.ones_like(t)
         g = torch.sqrt(self.eps * t * (1 - t))
-        return Schedule(a=1 - t, da=-one, b=t, db=one, g=g, dg=self.eps * (1 - 2 * t) / (2 * g))
+        return PathCoefficients(a=1 - t, da=-one, b=t, db=one, g=g, dg=self.eps * (1 - 2 * t) / (2 * g))
 
-    def bind(self, parameterization, coupling=None):
+    def check_coupling(self, coupling, where):
         if not getattr(coupling, "paired", False):
             raise UserError(f"BrownianBridge needs a paired coupling (x1 a corrupted copy of x0), but the recipe's "
-                            f"coupling is {type(coupling).__name__}", "DistillationTrainer.coupling",
-                            "bind DistillationTrainer.coupling = @PairedDegradation() (vectors) or "
-                            "@ImageDegradation() (images)")
-        return super().bind(parameterization, coupling)
+                            f"coupling is {type(coupling).__name__}", where,
+                            f"bind {where} = @PairedDegradation() (vectors) or @ImageDegradation() (images)")
 
     def from_x0(self, x0, dest, x_t, t, x1=None):
         if dest == "drift":

@@ -44,8 +44,8 @@ import math
 import torch
 
 from realuid.errors import UserError, check_range
-from realuid.paths.base import PARAMETERIZATIONS, AffinePath, Schedule, expand_like
-from realuid.paths.validation import validate_schedule, x0_slope
+from realuid.paths.base import PARAMETERIZATIONS, AffinePath, PathCoefficients, expand_like
+from realuid.paths.validation import validate_coefficients, x0_slope
 from realuid.components import register
 
 WEIGHTINGS = ("epsilon", "edm", "v", "x0")
@@ -74,12 +74,12 @@ class DiffusionPath(AffinePath):
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """EDM's noise level sigma = b_t / a_t (x_t / a_t = x0 + sigma x1)."""
-        s = self.schedule(t)
+        s = self.coefficients(t)
         return s.b / s.a
 
     def x0_weight(self, t: torch.Tensor) -> torch.Tensor:
         """lambda_t, the weight of the x0 error ||D - x0||^2 (module docstring)."""
-        s = self.schedule(t)
+        s = self.coefficients(t)
         if self.weighting == "x0":
             return torch.ones_like(t)
         if self.weighting == "epsilon":
@@ -89,19 +89,16 @@ class DiffusionPath(AffinePath):
             return (sigma**2 + sd**2) / (sigma * sd) ** 2
         return (s.a**2 + s.b**2) ** 2 / s.b**2  # "v"
 
-    def weight_in(self, t: torch.Tensor, parameterization: str) -> torch.Tensor:
-        """The loss weight for an objective that compares fields in ``parameterization``."""
+    def weight(self, t: torch.Tensor, parameterization: str) -> torch.Tensor:
+        """The loss weight for an objective that compares fields in ``parameterization``: lambda_t / slope^2."""
         return self.x0_weight(t) / x0_slope(self, t, parameterization) ** 2
-
-    def weight(self, t: torch.Tensor) -> torch.Tensor:
-        return self.weight_in(t, self.loss_parameterization or "x0")
 
     # -- Salimans & Ho's v = a_t epsilon - b_t x0 (only for paths that list "v") --------------------
     def from_x0(self, x0, dest, x_t, t, x1=None):
         if dest != "v":
             return super().from_x0(x0, dest, x_t, t, x1)
         self.check_parameterization(dest, f"{type(self).__name__}.convert")
-        s = self.schedule(t)
+        s = self.coefficients(t)
         a, b = expand_like(s.a, x_t), expand_like(s.b, x_t)
         return a * (x_t - a * x0) / b - b * x0
 
@@ -109,7 +106,7 @@ class DiffusionPath(AffinePath):
         if source != "v":
             return super().to_x0(pred, source, x_t, t, x1)
         self.check_parameterization(source, f"{type(self).__name__}.convert")
-        s = self.schedule(t)
+        s = self.coefficients(t)
         a, b = expand_like(s.a, x_t), expand_like(s.b, x_t)
         return (a * x_t - b * pred) / (a**2 + b**2)
 
@@ -122,14 +119,14 @@ class DiffusionPath(AffinePath):
     def apply_network(self, network, x_t, t, cond, parameterization):
         if not self.precondition:
             return network(x_t, self.network_time(t), cond)
-        s = self.schedule(t)
+        s = self.coefficients(t)
         x = x_t / expand_like(s.a, x_t)
         c_skip, c_out, c_in = (expand_like(c, x_t) for c in self.preconditioning(s.b / s.a))
         denoised = c_skip * x + c_out * network(c_in * x, self.network_time(t), cond)
         return self.convert(denoised, "x0", parameterization, x_t, t)
 
     def _validate(self, grid: torch.Tensor | None = None) -> None:
-        validate_schedule(self, grid)
+        validate_coefficients(self, grid)
 
 
 @register("path")
@@ -165,13 +162,13 @@ class VP(DiffusionPath):
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self._validate()
 
-    def schedule(self, t):
+    def coefficients(self, t):
         beta = self.beta_min + t * (self.beta_max - self.beta_min)
         integral = self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
         abar = torch.exp(-integral)
         a = torch.sqrt(abar)
         b = torch.sqrt(-torch.expm1(-integral))
-        return Schedule(a=a, da=-0.5 * beta * a, b=b, db=0.5 * beta * abar / b)
+        return PathCoefficients(a=a, da=-0.5 * beta * a, b=b, db=0.5 * beta * abar / b)
 
     def __repr__(self):
         return (f"VP(beta_min={self.beta_min}, beta_max={self.beta_max}, t_min={self.t_min}, t_max={self.t_max}, "
@@ -204,10 +201,10 @@ class VE(DiffusionPath):
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self._validate()
 
-    def schedule(self, t):
+    def coefficients(self, t):
         sigma = self.sigma_min * torch.exp(t * self._log_ratio)
         one = torch.ones_like(t)
-        return Schedule(a=one, da=0 * one, b=sigma, db=sigma * self._log_ratio)
+        return PathCoefficients(a=one, da=0 * one, b=sigma, db=sigma * self._log_ratio)
 
     def __repr__(self):
         return (f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, weighting={self.weighting!r}, "
@@ -258,9 +255,9 @@ class EDM(DiffusionPath):
         ln_sigma = self.P_mean + self.P_std * torch.randn(n, generator=generator, device=device)
         return torch.exp(ln_sigma)
 
-    def schedule(self, t):
+    def coefficients(self, t):
         one = torch.ones_like(t)
-        return Schedule(a=one, da=0 * one, b=t, db=one)
+        return PathCoefficients(a=one, da=0 * one, b=t, db=one)
 
     def network_time(self, t):
         return torch.log(t) / 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from realuid.paths.base import AffinePath, Schedule
+from realuid.paths.base import AffinePath, PathCoefficients
 from realuid.components import register
 
 
@@ -20,6 +20,6 @@ class RectifiedFlow(AffinePath):
     def __init__(self, t_min: float = 1e-4, t_max: float = 1.0):
         super().__init__(t_min, t_max)
 
-    def schedule(self, t: torch.Tensor) -> Schedule:
+    def coefficients(self, t: torch.Tensor) -> PathCoefficients:
         one = torch.ones_like(t)
-        return Schedule(a=1 - t, da=-one, b=t, db=one)
+        return PathCoefficients(a=1 - t, da=-one, b=t, db=one)

@@ -25,8 +25,8 @@ import torch
 
 from realuid.errors import check_range
 from realuid.paths.affine import FlowSchedule, LinearSchedule, check_schedule
-from realuid.paths.base import AffinePath, Schedule
-from realuid.paths.validation import validate_schedule
+from realuid.paths.base import AffinePath, PathCoefficients
+from realuid.paths.validation import validate_coefficients
 from realuid.components import register
 
 
@@ -105,16 +105,16 @@ class StochasticInterpolant(AffinePath):
         check_schedule(scheduler, FlowSchedule, "StochasticInterpolant", "scheduler")
         check_schedule(noise, NoiseSchedule, "StochasticInterpolant", "noise", "SqrtNoise")
         self.scheduler, self.noise = scheduler, noise
-        validate_schedule(self)
+        validate_coefficients(self)
 
     @property
     def needs_extra_noise(self) -> bool:
         return True
 
-    def schedule(self, t):
+    def coefficients(self, t):
         s = self.scheduler(t)
         g, dg = self.noise(t)
-        return Schedule(a=s.a, da=s.da, b=s.b, db=s.db, g=g, dg=dg)
+        return PathCoefficients(a=s.a, da=s.da, b=s.b, db=s.db, g=g, dg=dg)
 
     def __repr__(self):
         return (f"StochasticInterpolant(scheduler={self.scheduler!r}, noise={self.noise!r}, t_min={self.t_min}, "

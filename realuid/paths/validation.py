@@ -1,14 +1,14 @@
-"""Checks of an affine path's schedule, run when a path is built: errors name the component and the fix.
+"""Checks of an affine path's coefficients, run when a path is built: errors name the component and the fix.
 
 An affine path ``x_t = a_t x0 + b_t x1 + g_t z`` converts between
 parameterisations through x0 (:mod:`realuid.paths.base`); those conversions
 divide by ``sigma_t`` (epsilon, score, velocity from x0), by ``a_t`` (x0 from
 epsilon or score) and by ``k_t = a'_t - a_t sigma'_t / sigma_t`` (x0 from
-velocity). :func:`validate_schedule` checks, on a grid of ``[t_min, t_max]``:
+velocity). :func:`validate_coefficients` checks, on a grid of ``[t_min, t_max]``:
 
 1. every coefficient and derivative is finite;
 2. the derivatives agree with central finite differences of the coefficients
-   (a hand-written schedule with a wrong derivative is the commonest slip);
+   (a hand-written coefficient function with a wrong derivative is the commonest slip);
 3. ``sigma_t > 0``, ``a_t > 0`` and ``k_t != 0`` inside ``(t_min, t_max)``
    wherever a supported parameterisation divides by them (a zero exactly at an
    end of the interval is allowed: the uniform time law never draws it);
@@ -41,38 +41,38 @@ def _as_tensor(value, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=like.dtype).expand_as(like).clone()
 
 
-def validate_schedule(path, grid: torch.Tensor | None = None, points: int = 201) -> None:
-    """Raise :class:`UserError` if ``path``'s schedule breaks a rule above; ``grid`` defaults to a linspace."""
+def validate_coefficients(path, grid: torch.Tensor | None = None, points: int = 201) -> None:
+    """Raise :class:`UserError` if ``path``'s coefficients breaks a rule above; ``grid`` defaults to a linspace."""
     name = type(path).__name__
-    where = f"{name} (its schedule on [t_min, t_max] = [{path.t_min:g}, {path.t_max:g}])"
+    where = f"{name} (its coefficients on [t_min, t_max] = [{path.t_min:g}, {path.t_max:g}])"
     if grid is None:
         grid = torch.linspace(path.t_min, path.t_max, points, dtype=torch.float64)
     t = grid.to(torch.float64)
-    s = path.schedule(t)
+    s = path.coefficients(t)
     coef = {k: _as_tensor(getattr(s, k), t) for k in ("a", "da", "b", "db", "g", "dg")}
 
     for key, value in coef.items():
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
-            raise UserError(f"{name}'s schedule gives a non-finite {key} at t = {float(t[bad][0]):g}", where,
+            raise UserError(f"{name}'s coefficients gives a non-finite {key} at t = {float(t[bad][0]):g}", where,
                             f"keep t_min and t_max inside the range where the schedule and its derivative are "
                             f"finite (e.g. bind {name}.t_min / t_max away from the ends where a square root "
-                            "vanishes), or fix the schedule")
+                            "vanishes), or fix the coefficients")
 
     # derivatives against central finite differences (relative step, float64)
     h = 1e-6 * max(path.t_max - path.t_min, 1e-12)
     inner = t[(t - h > path.t_min) & (t + h < path.t_max)]
     if inner.numel():
-        hi, lo = path.schedule(inner + h), path.schedule(inner - h)
+        hi, lo = path.coefficients(inner + h), path.coefficients(inner - h)
         for key, dkey in (("a", "da"), ("b", "db"), ("g", "dg")):
             fd = (_as_tensor(getattr(hi, key), inner) - _as_tensor(getattr(lo, key), inner)) / (2 * h)
-            exact = _as_tensor(getattr(path.schedule(inner), dkey), inner)
+            exact = _as_tensor(getattr(path.coefficients(inner), dkey), inner)
             err = (fd - exact).abs() / (1.0 + exact.abs())
             if bool((err > 1e-4).any()):
                 i = int(err.argmax())
-                raise UserError(f"{name}'s schedule gives {dkey} = {float(exact[i]):.6g} at t = {float(inner[i]):g}, "
+                raise UserError(f"{name}'s coefficients gives {dkey} = {float(exact[i]):.6g} at t = {float(inner[i]):g}, "
                                 f"but the finite difference of {key} there is {float(fd[i]):.6g}", where,
-                                f"return the time derivative of {key} as {dkey} in {name}.schedule")
+                                f"return the time derivative of {key} as {dkey} in {name}.coefficients")
 
     params = set(path.parameterizations)
     interior = (t > path.t_min) & (t < path.t_max)
@@ -88,14 +88,14 @@ def validate_schedule(path, grid: torch.Tensor | None = None, points: int = 201)
         if bool(hit.any()):
             raise UserError(f"{name}'s data coefficient a_t is {float(coef['a'][hit][0]):g} at t = "
                             f"{float(t[hit][0]):g}, and reading epsilon or score as x0 divides by it", where,
-                            "keep a_t > 0 inside (t_min, t_max): lower t_max or fix the schedule")
+                            "keep a_t > 0 inside (t_min, t_max): lower t_max or fix the coefficients")
     ok = sigma > 0
     snr = coef["a"][ok] / sigma[ok]
     rises = snr[1:] > snr[:-1] * (1 + 1e-9) + 1e-12
     if bool(rises.any()):
         i = int(torch.nonzero(rises)[0])
         ts = t[ok]
-        raise UserError(f"{name}'s schedule is not monotone: the signal-to-noise ratio a_t / sigma_t rises from "
+        raise UserError(f"{name}'s coefficients is not monotone: the signal-to-noise ratio a_t / sigma_t rises from "
                         f"{float(snr[i]):.6g} at t = {float(ts[i]):g} to {float(snr[i + 1]):.6g} at t = "
                         f"{float(ts[i + 1]):g}", where,
                         "time runs from data (t_min) to noise (t_max): a_t must fall and the noise grow with t")

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from realuid.couplings import PairedDegradation
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 from realuid.data.gmm import GaussianMixture
 from realuid.errors import UserError
-from realuid.paths.base import AffinePath, MatchingPath
+from realuid.paths.base import AffinePath
 from realuid.components import register
 
 
@@ -30,7 +30,7 @@ class AnalyticTeacher(nn.Module):
             ``teacher/GaussianMixture.weights = [...]``) for a biased teacher.
         parameterization: what the teacher predicts; None takes the trainer's.
         coupling: for a bridge, the linear-Gaussian coupling the teacher assumes;
-            None takes the trainer's (bound to the path).
+            None takes the run's.
 
     Bridges (``x_t = a x0 + b x1 + g z`` with ``x1 = M x0 + s n``, DESIGN §6):
     given a mode k, ``y = (x1, x_t - b x1) = H x0 + e`` with ``H = [M; a I]``,
@@ -44,12 +44,14 @@ class AnalyticTeacher(nn.Module):
         super().__init__()
         self.mixture, self.parameterization, self.path = mixture, parameterization, None
         self.coupling = coupling
+        self._coupling_binding = "AnalyticTeacher.coupling"
 
-    def bind(self, path: MatchingPath, data: DataSource, parameterization: str) -> "AnalyticTeacher":
-        """Attach the path and (if none was given) the data's mixture; check shapes."""
+    def attach(self, context: RunContext) -> "AnalyticTeacher":
+        """Take the run's path (and, if none was given, its data's mixture and its coupling); check shapes."""
+        path, data = context.path, context.data
         if not isinstance(path, AffinePath):
             raise UserError(f"AnalyticTeacher needs an affine path, got {type(path).__name__}",
-                            "DistillationTrainer.path", "use a path built on realuid.paths.AffinePath")
+                            context.where("path"), "use a path built on realuid.paths.AffinePath")
         mixture = self.mixture if self.mixture is not None else data
         if not isinstance(mixture, GaussianMixture):
             raise UserError(f"AnalyticTeacher knows Gaussian mixtures only, but the data is "
@@ -57,22 +59,25 @@ class AnalyticTeacher(nn.Module):
                             "bind AnalyticTeacher.mixture = @teacher/GaussianMixture() or use a trained teacher")
         if mixture.shape != tuple(data.shape):
             raise UserError(f"the teacher's mixture has samples of shape {mixture.shape} but the data has "
-                            f"{tuple(data.shape)}", "AnalyticTeacher.mixture vs DistillationTrainer.data",
+                            f"{tuple(data.shape)}", f"AnalyticTeacher.mixture vs {context.where('data')}",
                             "give both mixtures means of the same dimension")
         self.mixture, self.path = mixture, path
-        self.parameterization = self.parameterization or parameterization
+        self.parameterization = self.parameterization or context.parameterization
+        if self.coupling is None:
+            self.coupling = context.coupling
+        self._coupling_binding = f"AnalyticTeacher / {context.where('coupling')}"
         path.check_parameterization(self.parameterization, "AnalyticTeacher.parameterization")
         return self
 
     def posterior_x0(self, x_t: torch.Tensor, t: torch.Tensor, x1: torch.Tensor | None = None) -> torch.Tensor:
         """E[x0 | x_t] (and x1 for bridges) under the teacher's mixture."""
-        s = self.path.schedule(t)
+        s = self.path.coefficients(t)
         sigma, _ = self.path.noise_scale(s)
         if self.path.x1_is_condition:
-            coupling = self.coupling if self.coupling is not None else self.path.coupling
+            coupling = self.coupling
             if not isinstance(coupling, PairedDegradation):
                 raise UserError(f"AnalyticTeacher has no closed form for {type(self.path).__name__} with the coupling "
-                                f"{type(coupling).__name__}", "AnalyticTeacher / DistillationTrainer.coupling",
+                                f"{type(coupling).__name__}", self._coupling_binding,
                                 "use the linear-Gaussian @PairedDegradation() coupling, or a trained teacher")
             if x1 is None:
                 raise ValueError("AnalyticTeacher: a bridge's teacher needs the corrupted end x1 (cond)")

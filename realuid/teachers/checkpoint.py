@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from realuid.data.base import DataSource
+from realuid.context import RunContext
 from realuid.checkpoints import load_checkpoint
 from realuid.errors import warn
 from realuid.models.loading import ema_weights
 from realuid.models.registry import resolve_source
 from realuid.errors import UserError
-from realuid.paths.base import MatchingPath
 from realuid.components import register
 from realuid.sampling import guided
 
@@ -83,13 +82,14 @@ class CheckpointTeacher(nn.Module):
                             "bind the architecture the teacher was trained with" +
                             (f"; its run used: {trained}" if trained else "")) from None
 
-    def bind(self, path: MatchingPath, data: DataSource, parameterization: str) -> "CheckpointTeacher":
+    def attach(self, context: RunContext) -> "CheckpointTeacher":
         """Check that the student's path and data match the teacher's; attach the path."""
-        where = "CheckpointTeacher vs DistillationTrainer"
+        path, data = context.path, context.data
+        where = f"CheckpointTeacher vs {context.owner}"
         trained_path = self.meta.get("path")
         if trained_path and trained_path != type(path).__name__:
             raise UserError(f"the teacher was trained on the path {trained_path}, the recipe distils on "
-                            f"{type(path).__name__}", where, f"use DistillationTrainer.path = @{trained_path}() "
+                            f"{type(path).__name__}", where, f"use {context.where('path')} = @{trained_path}() "
                             "with the teacher's settings")
         shape = tuple(self.meta.get("shape") or data.shape)
         if shape != tuple(data.shape):
@@ -99,7 +99,7 @@ class CheckpointTeacher(nn.Module):
         if data.num_classes and not classes:
             raise UserError("the recipe's data are class-conditional but the teacher is not", where,
                             "use a class-conditional teacher (a *_cond recipe) or unconditional data")
-        self.parameterization = self.parameterization or parameterization
+        self.parameterization = self.parameterization or context.parameterization
         path.check_parameterization(self.parameterization, "CheckpointTeacher")
         self.path = path
         return self
