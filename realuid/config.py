@@ -54,6 +54,7 @@ def _where(message: str) -> str:
 
 _TOKEN = re.compile(r"Failed to parse token '([^']*)'")
 _IN_CALL = re.compile(r"In call to configurable '([\w./]+)'")
+_UNSET_MACRO = re.compile(r"In call to configurable 'macro' .* in scope '([\w./]+)'")
 
 
 def translate_gin_error(err: Exception, where: str | None = None) -> UserError:
@@ -159,6 +160,11 @@ def call_configured(fn, **kwargs):
         message = str(err)
         if _UNKNOWN.search(message) or _UNKNOWN_PARAM.search(message):
             raise translate_gin_error(err) from None
+        if (m := _UNSET_MACRO.search(message)) is not None:
+            name = m.group(1)
+            raise UserError(f"the recipe uses the macro %{name}, which no binding sets", "recipe",
+                            f"bind it with --bind \"{name} = VALUE\" (the recipe's header comment says what it "
+                            "expects, e.g. the run folder of a first stage)") from None
         if isinstance(err, TypeError) and ("REQUIRED" in message or "missing" in message):
             raise UserError(f"the recipe leaves a required parameter unset ({message.splitlines()[0]})",
                             "recipe", "bind it in the recipe or with --bind") from None

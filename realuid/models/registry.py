@@ -114,6 +114,8 @@ class Manifest:
     created: str = ""
     metrics: dict = field(default_factory=dict)     # name -> {"value": float, "command": str}
     config: dict = field(default_factory=dict)
+    distributed: bool = True                        # False: the weights are not shipped anywhere
+    note: str = ""
     file: Path | None = None
 
     @property
@@ -132,7 +134,8 @@ class Manifest:
     def to_dict(self) -> dict:
         data = {"name": self.name, "kind": self.kind, "recipe": self.recipe or None, "command": self.command or None,
                 "run": self.run or None, "checkpoint": self.checkpoint, "sha256": self.sha256 or None,
-                "step": self.step, "created": self.created or None}
+                "step": self.step, "created": self.created or None,
+                "distributed": None if self.distributed else False, "note": self.note or None}
         if self.config:
             data["config"] = dict(self.config)
         if self.metrics:
@@ -154,7 +157,7 @@ def read_manifest(path: Path) -> Manifest:
     missing = [k for k in ("name", "kind", "checkpoint") if k not in data]
     if missing:
         raise UserError(f"the manifest {path} lacks {', '.join(missing)}", str(path),
-                        "give every manifest name, kind and checkpoint (see realuid/engine/manifests.py)")
+                        "give every manifest name, kind and checkpoint (see realuid/models/registry.py)")
     if data["kind"] not in KINDS:
         raise UserError(f"the manifest {path} has kind {data['kind']!r}", str(path),
                         f"use one of {', '.join(KINDS)}")
@@ -168,7 +171,7 @@ def read_manifest(path: Path) -> Manifest:
                     sha256=str(data.get("sha256", "")), recipe=str(data.get("recipe", "")),
                     command=str(data.get("command", "")), run=str(data.get("run", "")), step=data.get("step"),
                     created=str(data.get("created", "")), metrics=metrics, config=dict(data.get("config") or {}),
-                    file=path)
+                    distributed=bool(data.get("distributed", True)), note=str(data.get("note", "")), file=path)
 
 
 def list_manifests(folder: Path | None = None) -> list[Manifest]:
@@ -269,8 +272,10 @@ def resolve_source(source: str | Path, where: str, search: tuple[str, ...] = ("r
         checkpoint = manifest.checkpoint_path
         if not checkpoint.is_file():
             how = manifest.command or train_hint or (f"realuid run {manifest.recipe}" if manifest.recipe else "")
+            why = ("its weights are not distributed" + (f": {manifest.note}" if manifest.note else "")
+                   if not manifest.distributed else "checkpoints are not kept in git")
             raise UserError(f"the checkpoint {checkpoint} of {manifest.name!r} (registered in {manifest.file}) is "
-                            "missing: checkpoints are not kept in git", where,
+                            f"missing: {why}", where,
                             f"train it again with `{how}`, then `realuid registry add {manifest.name} RUN_FOLDER`"
                             if how else f"copy the checkpoint to {checkpoint}")
         if manifest.sha256 and sha256_file(checkpoint) != manifest.sha256:
