@@ -85,10 +85,14 @@ def check_count(value, name: str, low: int = 1, high: int = MAX_SIZE) -> int:
     """Check that ``value`` is an integer (not a bool) with ``low <= value <= high``; returns it."""
     import numbers
 
+    rule = "a positive integer" if low == 1 else f"an integer >= {low}"
+    fix = f"bind {name} to an integer from {low} to {high:,}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UserError(f"{name} must be an integer, got {value!r} ({type(value).__name__})",
-                        f"the value bound to {name}", f"bind {name} to an integer from {low} to {high:,}")
-    if not low <= value <= high:
-        raise UserError(f"{name} = {value!r} is outside {low}..{high:,}", f"the value bound to {name}",
-                        f"bind {name} to an integer from {low} to {high:,}")
+        raise UserError(f"{name} must be {rule}, got {value!r} ({type(value).__name__})",
+                        f"the value bound to {name}", fix)
+    if value < low:
+        raise UserError(f"{name} must be {rule}, got {value!r}", f"the value bound to {name}", fix)
+    if value > high:
+        raise UserError(f"{name} = {value:,} is too large: it must be at most {high:,}", f"the value bound to {name}",
+                        fix)
     return int(value)
