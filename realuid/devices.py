@@ -77,19 +77,37 @@ def to_channels_last(*modules: nn.Module | None) -> None:
             module.to(memory_format=torch.channels_last)
 
 
-def compile_networks(*modules: nn.Module | None) -> None:
-    """``module.compile()`` in place (``torch.compile`` of its forward; parameter names stay the same).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+
+
+def compile_networks(*modules: nn.Module | None, regional: bool = False, mode: str = "default") -> None:
+    """``torch.compile`` networks in place (parameter names stay the same).
+
+    Whole (``regional=False``): ``module.compile()``, one graph per network
+    forward. Regional: each block a network lists in ``compile_regions()`` (the
+    U-Net's stages, the DiT's blocks) is compiled on its own, so a block that
+    repeats with the same shapes is compiled once and reused: less to compile
+    at start, the same kernels inside each block. ``mode`` is torch.compile's
+    (``'reduce-overhead'`` replays CUDA graphs; ``'max-autotune...'`` searches
+    kernel configurations).
 
     Shapes are static: each batch size (B for the generator, 2B for the fake
     model's generated + real batch, the evaluation batch) gets its own graph,
-    specialised kernels rather than one symbolic-shape graph.
+    specialised kernels rather than one symbolic-shape graph. Compiled code is
+    cached on disk by inductor (``TORCHINDUCTOR_CACHE_DIR``, by default
+    ``/tmp/torchinductor_<user>``): a second process with the same code, shapes
+    and torch version starts from the cache.
     """
     # Every U-Net instance (teacher, fake model, generator, their EMA) shares one ``forward`` code object, and
     # each (instance, grad mode, batch size) is a cache entry of it: dynamo's default of 8 entries would
     # silently send the rest back to eager mode.
     for name in ("cache_size_limit", "recompile_limit"):
         if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 128))
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+    options = {} if mode == "default" else {"mode": mode}
     for module in modules:
-        if isinstance(module, nn.Module):
-            module.compile(dynamic=False)
+        if not isinstance(module, nn.Module):
+            continue
+        regions = module.compile_regions() if regional and hasattr(module, "compile_regions") else [module]
+        for region in regions:
+            region.compile(dynamic=False, **options)

@@ -47,7 +47,7 @@ from torch import nn
 
 from realuid.checkpoints import latest_good, save_checkpoint
 from realuid.components import register
-from realuid.devices import DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
+from realuid.devices import COMPILE_MODES, DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
 from realuid.engine.distributed import Distributed
 from realuid.engine.guard import NonFiniteGuard, TrainingDiverged
 from realuid.engine.reporting import MetricsLog
@@ -76,7 +76,10 @@ class TrainingLoop:
         precision: ``'fp32'`` or ``'bf16'`` (autocast of forward passes and losses).
         channels_last: store image networks' convolution weights channels-last (NHWC). Off by
             default: slower for the CIFAR U-Net on an H100 (docs/RESULTS.md).
-        compile: ``torch.compile`` the networks.
+        compile: ``torch.compile`` the networks: False, True (each network whole) or ``'regional'``
+            (each block the network lists in ``compile_regions()``: faster to compile).
+        compile_mode: torch.compile's mode: ``'default'``, ``'max-autotune-no-cudagraphs'``,
+            ``'reduce-overhead'`` (CUDA graphs) or ``'max-autotune'``.
         tensorboard: also write the metrics as TensorBoard scalars under ``RUN/tensorboard``.
         time_limit: stop (final evaluation and checkpoint) once training has taken this many
             seconds (summed over resumes); 0: no limit.
@@ -86,8 +89,9 @@ class TrainingLoop:
     def __init__(self, trainer, out_dir: str | Path, seed: int = 0, steps: int = 2000, batch_size: int = 512,
                  eval_every: int = 500, eval_samples: int = 5000, checkpoint_every: int = 1000,
                  keep_checkpoints: int = 2, max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32",
-                 precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-                 tensorboard: bool = True, time_limit: float = 0.0, progress: bool = True):
+                 precision: str = "fp32", channels_last: bool = False, compile: bool | str = False,
+                 compile_mode: str = "default", tensorboard: bool = True, time_limit: float = 0.0,
+                 progress: bool = True):
         where = "TrainingLoop"
         self.seed = check_count(seed, f"{where}.seed (realuid run --seed)", 0, MAX_SEED)
         self.steps = check_count(steps, f"{where}.steps", 1, MAX_STEPS)
@@ -101,13 +105,17 @@ class TrainingLoop:
         self.dtype = DTYPES[dtype]
         check_precision(precision, self.dtype, where)
         check_range(time_limit, f"{where}.time_limit", 0.0, where=f"{where}.time_limit (0: no limit)")
-        for name, flag in (("channels_last", channels_last), ("compile", compile), ("tensorboard", tensorboard),
-                           ("progress", progress)):
+        check(compile in (False, True, "regional"), f"{where}.compile = {compile!r} is not False, True or 'regional'",
+              f"{where}.compile", f"bind {where}.compile = False, True or 'regional'")
+        check(compile_mode in COMPILE_MODES, f"{where}.compile_mode = {compile_mode!r} is not a torch.compile mode",
+              f"{where}.compile_mode", f"bind it to one of {', '.join(repr(m) for m in COMPILE_MODES)}")
+        for name, flag in (("channels_last", channels_last), ("tensorboard", tensorboard), ("progress", progress)):
             check(isinstance(flag, bool), f"{where}.{name} must be True or False, got {flag!r}",
                   f"{where}.{name}", f"bind {where}.{name} = True or False")
 
         self.out_dir = Path(out_dir)
-        self.precision, self.channels_last, self.compile = precision, channels_last, compile
+        self.precision, self.channels_last = precision, channels_last
+        self.compile, self.compile_mode = compile, compile_mode
         self.use_tensorboard, self.time_limit, self.show_progress = tensorboard, float(time_limit), progress
         self.dist = Distributed()
         self.device = self.dist.init(resolve_device(device, f"{where}.device"))
@@ -152,7 +160,7 @@ class TrainingLoop:
         if self.channels_last and self.trainer.data.is_image:
             to_channels_last(*modules)
         if self.compile:
-            compile_networks(*modules)
+            compile_networks(*modules, regional=self.compile == "regional", mode=self.compile_mode)
 
     def apply_update(self, loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                      role: str, grad_clip: float) -> bool:

@@ -174,6 +174,10 @@ class DiT(nn.Module):
         x = tokens.reshape(b, g, g, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, g * p, g * p)
 
+    def compile_regions(self) -> list[nn.Module]:
+        """The blocks compiled one by one under regional compilation (``TrainingLoop.compile = 'regional'``)."""
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)

@@ -261,6 +261,10 @@ class UNet(nn.Module):
         self.head = nn.Sequential(group_norm(channels), nn.SiLU(),
                                   zero_init(nn.Conv2d(channels, img_channels, 3, padding=1)))
 
+    def compile_regions(self) -> list[nn.Module]:
+        """The blocks compiled one by one under regional compilation (``TrainingLoop.compile = 'regional'``)."""
+        return [*self.encoder, self.middle, *self.decoder]
+
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
