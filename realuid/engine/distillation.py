@@ -106,9 +106,12 @@ class DistillationTrainer(Trainer):
             self._initialise_from_run(self.generator_checkpoint)
         self.fields = Fields(self.teacher, self.fake, self.path, self.parameterization)
         self._check_shapes()
-        self.objective_modules = nn.ModuleList(self.objective.trainable_modules()).to(device, dtype)
+        self.fake_loss = FakeModelLoss(self.fake, self.objective, self.fields).to(device, dtype)
+        self.objective_modules = self.fake_loss.heads
         loop.prepare(self.generator.network, self.fake.network, getattr(self.teacher, "network", None))
-        loop.dist.broadcast_(self.generator, self.fake, self.objective_modules)
+        # The updates go through DDP-wrapped modules (gradients averaged over ranks); frozen uses call the plain ones.
+        self.fake_loss_update = loop.dist.wrap(self.fake_loss)
+        self.generator_update = loop.dist.wrap(self.generator)
 
         self.opt_generator = adam(self.generator.parameters(), self.lr_generator, self.betas, device)
         self.opt_fake = adam(self._fake_side_parameters(), self.lr_fake, self.betas, device)
@@ -186,9 +189,14 @@ class DistillationTrainer(Trainer):
     # -- one step -----------------------------------------------------------------------------------------------
     @in_run_dtype
     def draw(self, with_grad: bool) -> tuple[PathSample, PathSample | None]:
-        """A generated path sample (and a real one sharing x1 and t, paper Algorithm 1)."""
+        """A generated path sample (and a real one sharing x1 and t, paper Algorithm 1).
+
+        The global batch is drawn from the loop's streams and this rank keeps its slice
+        (:meth:`~realuid.engine.distributed.Distributed.shard`); with gradients the
+        generator runs through its DDP wrapper.
+        """
         loop = self.loop
-        n, rng, device, dtype = loop.local_batch_size, loop.rng, loop.device, loop.dtype
+        n, rng, device, dtype, shard = loop.batch_size, loop.rng, loop.device, loop.dtype, loop.dist.shard
         wants_real = self.objective.uses_real_data or self.coupling.needs_data or self.data.num_classes > 0
         real = self.data.next_batch(n, device) if wants_real else None
         if real is not None:
@@ -197,18 +205,19 @@ class DistillationTrainer(Trainer):
         z = torch.randn(n, *self.shape, generator=rng, device=device)
         t = self.path.sample_t(n, rng, device)
         noise = torch.randn(n, *self.shape, generator=rng, device=device) if self.path.needs_extra_noise else None
+        z, t, noise, x1, cond = (shard(v) for v in (z, t, noise, coupled.x1, coupled.cond))
         with torch.set_grad_enabled(with_grad):
-            x0 = self.generator(z, coupled.cond)
-        gen = self.path.interpolate(x0, coupled.x1, t, noise, coupled.cond)
+            x0 = (self.generator_update if with_grad else self.generator)(z, cond)
+        gen = self.path.interpolate(x0, x1, t, noise, cond)
         real_sample = None
         if self.objective.uses_real_data:
-            real_sample = self.path.interpolate(real.x, coupled.x1, t, noise, coupled.cond)
+            real_sample = self.path.interpolate(shard(real.x), x1, t, noise, cond)
         return gen, real_sample
 
     def fake_step(self) -> dict:
         with self.loop.autocast():
             gen, real = self.draw(with_grad=False)
-            loss, logs = self.objective.fake_loss(self.fields, gen, real)
+            loss, logs = self.fake_loss_update(gen, real)
         self.loop.apply_update(loss, self._fake_side_parameters(), self.opt_fake, "fake-model", self.grad_clip)
         return {"fake_loss": loss.detach(), **logs}
 
@@ -263,9 +272,32 @@ class DistillationTrainer(Trainer):
                 cond = self.coupling.sample(real, m, self.shape, rng, loop.device).cond
                 if not needs_real:
                     cond = class_labels(start, m, self.data.num_classes, loop.device)
+                mine = loop.dist.rows(m)   # each rank samples its rows of the chunk
                 with loop.autocast():
-                    out.append(model(z, cond).to(loop.dtype))
+                    x = model(z[mine], None if cond is None else cond[mine]).to(loop.dtype)
+                out.append(loop.dist.gather_rows(x, m))
         finally:
             if needs_real:
                 self.data.load_state_dict(position)
         return torch.cat(out)
+
+
+class FakeModelLoss(nn.Module):
+    """The fake side of one update as one module: the fake field and the objective's trainable heads.
+
+    ``forward(gen, real) = objective.fake_loss(fields, gen, real)``. Under data
+    parallelism this module is what DDP wraps, so one forward covers every use
+    of the fake model in the update (the generated and the real batch, a
+    discriminator head) and its backward averages exactly their gradients. The
+    teacher is held outside the module's parameters: it is never trained.
+    """
+
+    def __init__(self, fake: nn.Module, objective: Objective, fields: Fields):
+        super().__init__()
+        self.fake = fake
+        self.heads = nn.ModuleList(objective.trainable_modules())
+        self.objective = objective
+        self._fields = [fields]   # a list: not a registered submodule (the teacher inside is frozen)
+
+    def forward(self, gen: PathSample, real: PathSample | None):
+        return self.objective.fake_loss(self._fields[0], gen, real)

@@ -1,37 +1,42 @@
-"""Data parallelism over the processes ``torchrun`` starts."""
+"""Data parallelism over the processes ``torchrun`` starts, on PyTorch's ``DistributedDataParallel``.
+
+With ``WORLD_SIZE > 1`` the process group is initialised from the environment
+(NCCL on CUDA, gloo on CPU) and each process takes the GPU ``cuda:LOCAL_RANK``.
+
+**One global batch, cut into slices.** Every rank draws the whole global batch
+of noise, times and data indices from the *same* random streams and keeps its
+own contiguous slice (rank r: rows ``r b .. (r + 1) b - 1`` with
+``b = batch_size / world_size``). So N processes x B/N compute exactly what one
+process x B computes, up to the order of floating-point sums, and a run
+resumed with another number of processes continues the same streams.
+
+**Gradients.** Each trained network's update goes through one DDP-wrapped
+module (:meth:`Distributed.wrap`), which averages the gradients in buckets
+while the backward pass runs; frozen uses of a network (the fake model inside
+the generator's loss, the generator without gradients in the fake step, the
+teacher) call the plain module and synchronise nothing. A non-finite gradient
+on any rank is non-finite on every rank after the average, so every rank
+skips the same updates. Rank 0 alone writes files; evaluations are sampled on
+every rank and gathered (:meth:`Distributed.gather_rows`).
+"""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
-from collections import defaultdict
 
 import torch
 from torch import nn
 
-from realuid.errors import check, warn
+from realuid.errors import UserError, check, warn
+
+#: how long a collective may wait for a rank before the process group gives up (a dead rank ends the run)
+TIMEOUT = datetime.timedelta(seconds=60)
 
 
 class Distributed:
-    """Data parallelism over the processes ``torchrun`` starts (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``).
-
-    With ``WORLD_SIZE > 1`` the process group is initialised from the
-    environment (NCCL on CUDA, gloo on CPU) and each process takes the GPU
-    ``cuda:LOCAL_RANK``. Every rank draws its own share of the batch
-    (``batch_size / world_size``) from its own streams (seeds offset by
-    ``1000 * rank``), and after each backward pass the gradients of the updated
-    model are averaged over ranks (one all-reduce per bucket of about 2^24
-    values) before clipping, so every rank takes the same step on the mean
-    gradient of the whole batch, which keeps the replicas identical: the
-    arithmetic of ``DistributedDataParallel``, done explicitly because a
-    distillation step uses each network in several roles (the fake model
-    trained in one update and frozen inside the generator's loss; two forward
-    passes, generated and real, before one backward). A non-finite gradient on
-    any rank becomes non-finite on all after the average, so every rank skips
-    the same updates. Rank 0 alone evaluates and writes files; checkpoints hold
-    every rank's random streams.
-    """
-
-    BUCKET = 1 << 24
+    """The process group of a data-parallel run (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``; module docstring)."""
 
     def __init__(self):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -56,7 +61,7 @@ class Distributed:
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         return device
 
     def local_batch(self, batch_size: int, where: str) -> int:
@@ -64,48 +69,35 @@ class Distributed:
               f"{self.world_size} processes", f"{where}.batch_size", f"use a multiple of {self.world_size}")
         return batch_size // self.world_size
 
-    def broadcast_(self, *modules: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers to every rank."""
+    def shard(self, x):
+        """This rank's contiguous slice of a global batch (a tensor with the batch first, or None)."""
+        if not self.enabled or not isinstance(x, torch.Tensor):
+            return x
+        b = x.shape[0] // self.world_size
+        return x[self.rank * b:(self.rank + 1) * b]
+
+    def rows(self, n: int) -> slice:
+        """The rows of ``n`` (not necessarily divisible) that this rank computes when sampling."""
+        per = -(-n // self.world_size)
+        return slice(min(n, self.rank * per), min(n, (self.rank + 1) * per))
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``DistributedDataParallel(module)`` under data parallelism (it broadcasts rank 0's weights), else the module."""
         if not self.enabled:
-            return
-        import torch.distributed as dist
+            return module
+        from torch.nn.parallel import DistributedDataParallel
 
-        with torch.no_grad():
-            for module in modules:
-                for tensor in list(module.parameters()) + list(module.buffers()):
-                    dist.broadcast(tensor.data, 0)
-
-    def average_gradients(self, params: list[nn.Parameter]) -> None:
-        """Replace each gradient by its mean over ranks (parameters without a gradient are skipped)."""
-        if not self.enabled:
-            return
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-        grads = [p.grad for p in params if p.grad is not None]
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = defaultdict(list)
-        for g in grads:
-            by_dtype[g.dtype].append(g)
-        for group in by_dtype.values():
-            bucket, size = [], 0
-            for g in group + [None]:
-                if g is not None:
-                    bucket.append(g)
-                    size += g.numel()
-                if bucket and (g is None or size >= self.BUCKET):
-                    flat = _flatten_dense_tensors(bucket)
-                    dist.all_reduce(flat)
-                    flat /= self.world_size
-                    for g_old, g_new in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                        g_old.copy_(g_new)
-                    bucket, size = [], 0
+        device = next(module.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over ranks (for logged numbers; gradients are DDP's)."""
         if not self.enabled:
             return value
         import torch.distributed as dist
 
-        value = value.detach().clone().float()
+        value = value.detach().clone().double()
         dist.all_reduce(value)
         return value / self.world_size
 
@@ -128,6 +120,31 @@ class Distributed:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def gather_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """The ``n`` rows that the ranks computed (:meth:`rows`), in order, on every rank."""
+        if not self.enabled:
+            return x
+        import torch.distributed as dist
+
+        per = -(-n // self.world_size)
+        padded = x.new_zeros((per, *x.shape[1:]))
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat(parts)[:n]
+
+    def check_agreement(self, config: str, version: str) -> None:
+        """Refuse to start when the ranks run different configs or code versions (a UserError naming the ranks)."""
+        if not self.enabled:
+            return
+        mine = (hashlib.sha256(config.encode()).hexdigest()[:12], version)
+        everyone = self.gather(mine)
+        odd = [rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]]
+        if odd:
+            raise UserError(f"the data-parallel ranks disagree: rank 0 runs config {everyone[0][0]} of realuid "
+                            f"{everyone[0][1]}, rank(s) {odd} run {[everyone[r] for r in odd]}",
+                            "torchrun", "start every process from the same checkout with the same recipe and bindings")
 
     def check_replicas(self, weights: dict, step: int) -> None:
         """Warn when the ranks' weights differ (they must stay identical: same start, same averaged updates)."""

@@ -16,8 +16,9 @@ A :class:`TrainingLoop` is built around a :class:`~realuid.engine.trainer.Traine
 Randomness comes from three streams, each saved in checkpoints so that a
 resumed run continues bit for bit: the training generator :attr:`TrainingLoop.rng`
 (noise, times, couplings), the data source's own generator, and the global
-torch RNG (dropout). Under data parallelism each rank has its own streams
-(seeds offset by ``1000 * rank``).
+torch RNG (dropout). Under data parallelism every rank runs the same streams
+and keeps its slice of each global batch (:mod:`realuid.engine.distributed`),
+so a checkpoint resumes on any number of processes.
 
 Machinery switched by bindings of ``TrainingLoop``:
 
@@ -84,6 +85,8 @@ class TrainingLoop:
         time_limit: stop (final evaluation and checkpoint) once training has taken this many
             seconds (summed over resumes); 0: no limit.
         progress: show the progress bar.
+        check_replicas: under data parallelism, compare the ranks' weights at every checkpoint
+            (a debugging aid: they must stay identical).
     """
 
     def __init__(self, trainer, out_dir: str | Path, seed: int = 0, steps: int = 2000, batch_size: int = 512,
@@ -91,7 +94,7 @@ class TrainingLoop:
                  keep_checkpoints: int = 2, max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32",
                  precision: str = "fp32", channels_last: bool = False, compile: bool | str = False,
                  compile_mode: str = "default", tensorboard: bool = True, time_limit: float = 0.0,
-                 progress: bool = True):
+                 progress: bool = True, check_replicas: bool = False):
         where = "TrainingLoop"
         self.seed = check_count(seed, f"{where}.seed (realuid run --seed)", 0, MAX_SEED)
         self.steps = check_count(steps, f"{where}.steps", 1, MAX_STEPS)
@@ -109,7 +112,8 @@ class TrainingLoop:
               f"{where}.compile", f"bind {where}.compile = False, True or 'regional'")
         check(compile_mode in COMPILE_MODES, f"{where}.compile_mode = {compile_mode!r} is not a torch.compile mode",
               f"{where}.compile_mode", f"bind it to one of {', '.join(repr(m) for m in COMPILE_MODES)}")
-        for name, flag in (("channels_last", channels_last), ("tensorboard", tensorboard), ("progress", progress)):
+        for name, flag in (("channels_last", channels_last), ("tensorboard", tensorboard), ("progress", progress),
+                           ("check_replicas", check_replicas)):
             check(isinstance(flag, bool), f"{where}.{name} must be True or False, got {flag!r}",
                   f"{where}.{name}", f"bind {where}.{name} = True or False")
 
@@ -117,11 +121,11 @@ class TrainingLoop:
         self.precision, self.channels_last = precision, channels_last
         self.compile, self.compile_mode = compile, compile_mode
         self.use_tensorboard, self.time_limit, self.show_progress = tensorboard, float(time_limit), progress
+        self.check_replicas = check_replicas
         self.dist = Distributed()
         self.device = self.dist.init(resolve_device(device, f"{where}.device"))
         enable_tf32(self.device)
         self.local_batch_size = self.dist.local_batch(self.batch_size, where)
-        self.stream_seed = self.seed + 1000 * self.dist.rank   # per-rank data and noise streams
         self.guard = NonFiniteGuard(max_bad_steps)
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
         self.step, self.wall_time = 0, 0.0
@@ -135,8 +139,9 @@ class TrainingLoop:
         with default_dtype(self.dtype):
             trainer.setup(self)
         self.data = trainer.data
-        self.data.seed(self.stream_seed + 1)
-        self.rng = torch.Generator(self.device).manual_seed(self.stream_seed + 2)
+        self.data.seed(self.seed + 1)
+        self.rng = torch.Generator(self.device).manual_seed(self.seed + 2)
+        self.dist.check_agreement(_config_text(), _code_version())
 
     # -- what a trainer calls during setup and its steps ----------------------------------------------------------
     def track(self, **parts) -> None:
@@ -164,14 +169,16 @@ class TrainingLoop:
 
     def apply_update(self, loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                      role: str, grad_clip: float) -> bool:
-        """Backward, average gradients over ranks, clip, and step unless the loss or gradient is non-finite."""
+        """Backward, clip, and step unless the loss or gradient is non-finite.
+
+        Under data parallelism the loss came through a DDP-wrapped module, whose
+        backward averages the gradients over ranks: a non-finite gradient on one
+        rank is non-finite on all, so every rank takes the same decision.
+        """
         optimizer.zero_grad(set_to_none=True)
         # No check before backward (it would stall the host on the forward): a non-finite loss makes a
         # non-finite gradient norm, and the one check below skips the update, on every rank alike.
         loss.backward()
-        if self.dist.enabled:
-            self.dist.average_gradients(params)
-            loss = self.dist.mean(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         if not self.guard.ok(loss, grad_norm, role, self.step + 1):
             optimizer.zero_grad(set_to_none=True)
@@ -203,7 +210,15 @@ class TrainingLoop:
         return {k: [float(s), int(c)] for k, (s, c) in self.running.items()}
 
     def running_means(self) -> dict:
-        return {k: s / max(c, 1) for k, (s, c) in self.running_state().items()}
+        """The means since the last report, over every rank's numbers."""
+        state = self.running_state()
+        if not self.dist.enabled:
+            return {k: s / max(c, 1) for k, (s, c) in state.items()}
+        keys = sorted(state)   # every rank logs the same keys
+        sums = self.dist.mean(torch.tensor([state[k][0] for k in keys], dtype=torch.float64, device=self.device))
+        counts = self.dist.mean(torch.tensor([float(state[k][1]) for k in keys], dtype=torch.float64,
+                                             device=self.device))
+        return {k: s / c if c > 0 else 0.0 for k, s, c in zip(keys, sums.tolist(), counts.tolist())}
 
     # -- reporting --------------------------------------------------------------------------------------------------
     def learning_rates(self) -> dict:
@@ -211,13 +226,13 @@ class TrainingLoop:
 
     def evaluate(self) -> dict:
         """One row of metrics.jsonl: running means, learning rates, bad steps, and the metrics of
-        fixed-noise EMA samples (drawn on rank 0 only)."""
+        fixed-noise EMA samples (sampled on every rank, gathered, measured on rank 0)."""
         row = {"step": self.step, "wall_time": round(self.wall_time, 3)}
         row.update(self.running_means())
         row.update({**self.learning_rates(), "bad_steps": self.guard.total})
+        samples = self.trainer.sample(self.eval_samples)
+        self.last_samples = samples
         if self.dist.is_main:
-            samples = self.trainer.sample(self.eval_samples)
-            self.last_samples = samples
             if self.data.is_image:
                 self.save_sample_grid(samples)
             for metric in self.trainer.metrics:
@@ -348,8 +363,7 @@ class TrainingLoop:
         """Write a checkpoint of the current state (rank 0); refuses (TrainingDiverged) if any weight is NaN/Inf."""
         state = self.state_dict()
         weights = [name for name, part in self._tracked.items() if isinstance(part, nn.Module)]
-        if self.dist.enabled:
-            state["ranks"] = self.dist.gather(self.rank_streams())
+        if self.dist.enabled and self.check_replicas:
             self.dist.check_replicas({name: state[name] for name in weights}, self.step)
         if not self.dist.is_main:
             return None
@@ -377,15 +391,6 @@ class TrainingLoop:
                             "with --overwrite")
         path, state = found
         self.load_state_dict(state, f"--resume {self.out_dir} ({path.name})")
-        ranks = state.get("ranks")
-        if self.dist.enabled:
-            if ranks is not None and len(ranks) == self.dist.world_size:
-                self.load_rank_streams(ranks[self.dist.rank])
-            else:
-                warn(f"the checkpoint was written by {len(ranks or [0])} process(es), this run has "
-                     f"{self.dist.world_size}: random streams restart from per-rank seeds")
-                self.data.seed(self.stream_seed + self.step + 1)
-                self.rng.manual_seed(self.stream_seed + self.step + 2)
         if self.dist.is_main:
             self.log.truncate_after(self.step)
 
@@ -468,3 +473,20 @@ def check_fits(module: nn.Module, state: dict, what: str, where: str) -> None:
         raise UserError(f"{what} has tensors this run's model lacks (first: {extra[0]!r})", where,
                         "use the architecture the checkpoint was written with")
 
+
+def _config_text() -> str:
+    import gin
+
+    return gin.config_str()
+
+
+def _code_version() -> str:
+    """realuid's version and a digest of its source files (ranks of one run must run the same code)."""
+    import hashlib
+
+    import realuid
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(realuid.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{realuid.__version__}+{digest.hexdigest()[:12]}"

@@ -82,8 +82,8 @@ class MatchingTrainer(Trainer):
         self.loop = loop
         self.network = self.network.to(loop.device, loop.dtype)
         loop.prepare(self.network)
-        loop.dist.broadcast_(self.network)
-        self.field = NetworkField(self.network, self.path, self.parameterization)
+        # The training forward goes through DDP (gradients averaged over ranks); sampling uses the EMA copy.
+        self.field = NetworkField(loop.dist.wrap(self.network), self.path, self.parameterization)
         self.optimizer = adam(self.network.parameters(), self.lr, self.betas, loop.device, self.weight_decay)
         self.ema = EMA(self.network, self.ema_decay)
         loop.track(network=self.network, ema=self.ema, optimizer=self.optimizer)
@@ -94,13 +94,14 @@ class MatchingTrainer(Trainer):
     def loss(self) -> torch.Tensor:
         """E w(t) ||f(x_t) - f_c||^2 on a fresh real batch (per-sample sums over coordinates)."""
         loop = self.loop
-        n, rng, device, dtype = loop.local_batch_size, loop.rng, loop.device, loop.dtype
-        real = self.data.next_batch(n, device)
-        x0 = real.x.to(dtype)
+        n, rng, device, dtype, shard = loop.batch_size, loop.rng, loop.device, loop.dtype, loop.dist.shard
+        real = self.data.next_batch(n, device)   # the global batch; this rank keeps its slice
+        real.x = real.x.to(dtype)
         coupled = self.coupling.sample(real, n, self.shape, rng, device)
         t = self.path.sample_t(n, rng, device).to(dtype)
         noise = torch.randn(n, *self.shape, generator=rng, device=device) if self.path.needs_extra_noise else None
-        sample = self.path.interpolate(x0, coupled.x1.to(dtype), t, noise, coupled.cond)
+        x0, x1, t, noise, cond = (shard(v) for v in (real.x, coupled.x1.to(dtype), t, noise, coupled.cond))
+        sample = self.path.interpolate(x0, x1, t, noise, cond)
         with torch.no_grad():
             target = self.path.target(sample, self.parameterization)
         with loop.autocast():
@@ -127,11 +128,13 @@ class MatchingTrainer(Trainer):
         network.eval()
         field = NetworkField(network, self.path, self.parameterization)
         rng = torch.Generator(loop.device).manual_seed(self.sampling_seed(seed))
-        out, chunk = [], 4 * loop.local_batch_size
+        out, chunk = [], 4 * loop.batch_size
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             z = torch.randn(m, *self.shape, generator=rng, device=loop.device, dtype=loop.dtype)
             cond = class_labels(start, m, self.data.num_classes, loop.device)
-            out.append(sample_teacher(field, self.parameterization, self.path, z, cond, nfe or self.eval_nfe,
-                                      solver or self.eval_solver, cfg, autocast=loop.autocast))
+            mine = loop.dist.rows(m)   # each rank integrates its rows of the chunk
+            x = sample_teacher(field, self.parameterization, self.path, z[mine], None if cond is None else cond[mine],
+                               nfe or self.eval_nfe, solver or self.eval_solver, cfg, autocast=loop.autocast)
+            out.append(loop.dist.gather_rows(x, m))
         return torch.cat(out)
