@@ -89,7 +89,7 @@ class Distributed:
 
         device = next(module.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=ids)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over ranks (for logged numbers; gradients are DDP's)."""

@@ -298,6 +298,8 @@ class TrainingLoop:
         from realuid.pictures import image_grid_png, scatter_png
 
         samples = self.last_samples if self.last_samples is not None else self.trainer.sample(self.eval_samples)
+        if not self.dist.is_main:   # every rank takes part in sampling; rank 0 alone writes
+            return
         if self.data.is_image:
             image_grid_png(samples[:64], self.out_dir / "samples.png")
             return
@@ -449,8 +451,7 @@ class TrainingLoop:
                                  "the final checkpoint is written (continue with --resume and a larger time_limit)")
                         break
                 self.guard.check_some_applied()
-                if self.dist.is_main:
-                    self.write_artifacts()
+                self.write_artifacts()
         finally:
             self.close_reporting()
         self.dist.barrier()
