@@ -11,6 +11,9 @@ from rich.table import Table
 from realuid.cli.common import console, errors, fail, smoke_bindings
 from realuid.errors import UserError
 
+#: what ``--smoke`` adds after the preset: a student whose smoke teacher is missing trains it first, in seconds
+SMOKE_TRAINS_TEACHER = "CheckpointTeacher.train_missing = True"
+
 
 def run(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe .gin file (omit with --resume)."),
@@ -23,7 +26,8 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     smoke: bool = typer.Option(False, "--smoke", help="Add the smoke preset gin/smoke/smoke.gin (CPU, tiny "
-                               "networks, a few images and steps: checks a recipe end to end in seconds)."),
+                               "networks, a few images and steps: checks a recipe end to end in seconds); a "
+                               "missing smoke teacher is trained first."),
 ):
     """Run a recipe: distil (or train) and write the run folder."""
     from rich.markup import escape
@@ -41,8 +45,8 @@ def run(
             raise UserError(f"the run folder {resume} does not exist" if not resume.exists() else
                             f"--resume {resume} is a file, not a run folder", "--resume",
                             "give the folder of a previous run (see runs/)")
-        if smoke:
-            bind = smoke_bindings(resume is not None) + list(bind)
+        if smoke:   # the smoke preset, and a missing smoke teacher trained first (CheckpointTeacher.train_missing)
+            bind = smoke_bindings(resume is not None) + [SMOKE_TRAINS_TEACHER] + list(bind)
         loop = run_recipe(recipe, bind, import_, resume or out, seed, resume is not None, overwrite, progress)
     except UserError as err:
         fail(err)
@@ -56,7 +60,7 @@ def run(
         errors.print("interrupted: the last checkpoint written is kept; continue with --resume")
         raise typer.Exit(130)
     rows = loop.log.rows()
-    if rows:
+    if rows and loop.dist.is_main:   # under torchrun, one line for the run, not one per rank
         shown = {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))}
         console.print(f"[green]done[/] {loop.out_dir}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
