@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cifar_runs import SMALL_UNET, Phases, binds, read_metrics
+from cifar_phases import SMALL_UNET, Phases, binds, read_metrics
 
 
 def images_per_second(rows: list[dict], global_batch: int, updates_per_step: int) -> float | None:
@@ -52,10 +52,10 @@ def main(procs: str = typer.Option("1,2", help="process counts to compare (the f
     phases = Phases(out / "log.txt")
     if smoke:
         recipe, steps, eval_every, per_gpu_batch, precision = "gin/uid_fm_gmm.gin", 20, 5, 64, "fp32"
-    trainer = "DistillationTrainer"
-    settings = [f"{trainer}.steps = {steps}", f"{trainer}.eval_every = {eval_every}",
-                f"{trainer}.checkpoint_every = {steps}", f"{trainer}.fake_steps = {fake_steps}",
-                f"{trainer}.precision = '{precision}'", f"{trainer}.metrics = []", f"{trainer}.eval_samples = 64"]
+    settings = [f"TrainingLoop.steps = {steps}", f"TrainingLoop.eval_every = {eval_every}",
+                f"TrainingLoop.checkpoint_every = {steps}", f"TrainingLoop.precision = '{precision}'",
+                "TrainingLoop.eval_samples = 64", f"DistillationTrainer.fake_steps = {fake_steps}",
+                "DistillationTrainer.metrics = []"]
     if not smoke:
         settings += ["CheckpointTeacher.allow_random_init = True"] + ([] if paper_unet else list(SMALL_UNET))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -65,7 +65,7 @@ def main(procs: str = typer.Option("1,2", help="process counts to compare (the f
         ok = phases.run(f"procs{n}", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                       "--nproc_per_node", str(n), "-m", "realuid", "run", recipe, "--out",
                                       str(folder), "--overwrite", "--no-progress",
-                                      *binds(settings + [f"{trainer}.batch_size = {per_gpu_batch * n}"])], env=env)
+                                      *binds(settings + [f"TrainingLoop.batch_size = {per_gpu_batch * n}"])], env=env)
         rate = images_per_second(read_metrics(folder), per_gpu_batch * n, fake_steps + 1) if ok else None
         results.append({"procs": n, "global_batch": per_gpu_batch * n, "images_per_s": rate, "rc": 0 if ok else 1,
                         "command": phases.records[-1]["command"]})

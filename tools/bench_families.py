@@ -39,13 +39,13 @@ def bench_one(family: str, method: str, seed: int, steps: int, eval_every: int) 
 
     torch.set_num_threads(1)
     recipe = f"gin/uid_{family}_gmm.gin"
-    binds = METHODS[method] + [f"DistillationTrainer.steps = {steps}", f"DistillationTrainer.eval_every = {eval_every}",
-                               f"DistillationTrainer.checkpoint_every = {steps}"]
+    binds = METHODS[method] + [f"TrainingLoop.steps = {steps}", f"TrainingLoop.eval_every = {eval_every}",
+                               f"TrainingLoop.checkpoint_every = {steps}"]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        trainer = run(recipe, binds, out=Path(tmp) / "run", seed=seed, progress=False)
+        loop = run(recipe, binds, out=Path(tmp) / "run", seed=seed, progress=False)
         total = time.perf_counter() - start
-        rows = trainer.log.rows()
+        rows = loop.log.rows()
     final = rows[-1]
     return {
         "family": family, "method": method, "recipe": recipe, "bindings": binds, "seed": seed, "steps": steps,

@@ -30,11 +30,11 @@ RECIPES = {"UID": "gin/uid_fm_gmm.gin", "RealUID": "gin/realuid_fm_gmm.gin"}
 def bench_one(recipe: str, seed: int, steps: int, eval_every: int, goal: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        trainer = run(recipe, [f"DistillationTrainer.steps = {steps}", f"DistillationTrainer.eval_every = {eval_every}",
-                               f"DistillationTrainer.checkpoint_every = {steps}"],
-                      out=Path(tmp) / "run", seed=seed, progress=False)
+        loop = run(recipe, [f"TrainingLoop.steps = {steps}", f"TrainingLoop.eval_every = {eval_every}",
+                            f"TrainingLoop.checkpoint_every = {steps}"],
+                   out=Path(tmp) / "run", seed=seed, progress=False)
         total = time.perf_counter() - start
-        rows = trainer.log.rows()
+        rows = loop.log.rows()
     final = rows[-1]
     reached = next((r for r in rows if r["sw_rel"] <= goal), None)
     return {

@@ -1,16 +1,28 @@
 """Benchmark: time, throughput, memory and MFU of each kind of training step on images.
 
 Builds the image recipe (default ``gin/realuid_fm_cifar.gin``: the paper's
-36.8M U-Net, batch 256, K = 5) through the normal runner and times the
-engine's own step functions — a teacher-training (matching) step, a fake-model
-step, a generator step and a full distillation cycle (K fake steps + one
-generator step) — for every precision x compile setting asked for. FLOPs per
-step come from ``torch.utils.flop_counter.FlopCounterMode``; MFU divides the
-achieved FLOP/s by the GPU's dense peak for that precision. Prints a table and
-writes JSON.
+36.8M U-Net, batch 256, K = 5) and the teacher recipe through the normal
+runner (``realuid.engine.runner.build``: a ``TrainingLoop`` around its
+trainer) and times the trainers' own step functions — a teacher-training
+(``MatchingTrainer.train_step``), a fake-model step, a generator step and a
+full distillation cycle (``DistillationTrainer.train_step``: K fake steps + one
+generator step) — for every precision x compile setting asked for. That is
+what one step of ``TrainingLoop.fit`` costs, less the loop's own bookkeeping
+after it: stepping the lr schedules (negligible) and accumulating the logged
+numbers; evaluations and checkpoints are not timed. FLOPs per step come from
+``torch.utils.flop_counter.FlopCounterMode``; MFU divides the achieved FLOP/s
+by the GPU's dense peak for that precision. Prints a table and writes JSON.
 
     python tools/bench_step.py --precision fp32 --precision bf16 --compile off --compile on \
         --out runs/bench_step.json
+
+Loop settings are ``TrainingLoop`` bindings (``-b "TrainingLoop.batch_size = 128"``),
+model and optimiser settings the trainer's (``-b "DistillationTrainer.fake_steps = 3"``);
+every ``-b`` goes to both recipes. A tiny model on CPU (the smoke preset; the
+teacher network randomly initialised when no smoke teacher was trained):
+
+    python tools/bench_step.py --precision fp32 --warmup 1 --repeats 2 -b "include 'gin/smoke/smoke.gin'" \
+        -b "CheckpointTeacher.allow_random_init = True" --out /tmp/bench_step.json
 """
 
 from __future__ import annotations
@@ -108,17 +120,17 @@ def profile_cycle(fn, rows: int) -> dict:
 
 def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: bool, binds: list[str],
                   warmup: int, repeats: int, profile_rows: int = 0) -> dict:
-    extra = [f"DistillationTrainer.precision = '{precision}'", f"DistillationTrainer.compile = {compile_}", *binds]
+    extra = [f"TrainingLoop.precision = '{precision}'", f"TrainingLoop.compile = {compile_}", *binds]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, _ = build(recipe, extra, out=Path(tmp) / "d", progress=False)
-        teacher_trainer, _ = build(teacher_recipe, [f"MatchingTrainer.precision = '{precision}'",
-                                                    f"MatchingTrainer.compile = {compile_}", *binds],
-                                   out=Path(tmp) / "t", progress=False)
-        k, batch = trainer.fake_steps, trainer.batch_size
+        loop, _ = build(recipe, extra, out=Path(tmp) / "d", progress=False)
+        teacher_loop, _ = build(teacher_recipe, extra, out=Path(tmp) / "t", progress=False)
+        trainer, teacher_trainer = loop.trainer, teacher_loop.trainer
+        # one process: the local batch (what each update draws) is the global batch
+        k, batch = trainer.fake_steps, loop.local_batch_size
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         kinds = {  # name: (step, updates, batch of each update)
-            "teacher step": (teacher_trainer.train_step, 1, teacher_trainer.batch_size),
+            "teacher step": (teacher_trainer.train_step, 1, teacher_loop.local_batch_size),
             "fake step": (trainer.fake_step, 1, batch),
             "generator step": (trainer.generator_step, 1, batch),
             f"cycle (K={k})": (trainer.train_step, k + 1, batch),

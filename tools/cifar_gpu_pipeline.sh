@@ -130,11 +130,12 @@ phase classifier $PY tools/train_fd_classifier.py --out "$CLF" --manifest "$WORK
 
 FD_BINDS=("-b" "ClassifierFD.classifier_path = '$CLF'" "${REF_BIND[@]}")
 [ -f "$CLF" ] || FD_BINDS=()
-common_binds() {  # trainer gin name
+common_binds() {  # trainer gin name: loop settings go to TrainingLoop, the metrics to the trainer
   local tr=$1
   printf '%s\n' -b "CIFAR10Shards.cache_dir = '$CACHE'" -b "CIFAR10Shards.num_workers = 8" \
-    -b "$tr.device = '$DEVICE'" -b "$tr.precision = '$PRECISION'" -b "$tr.batch_size = $BATCH" \
-    -b "$tr.steps = $MAX_STEPS" -b "$tr.eval_samples = $EVAL_SAMPLES" -b "$tr.checkpoint_every = $CKPT_EVERY"
+    -b "TrainingLoop.device = '$DEVICE'" -b "TrainingLoop.precision = '$PRECISION'" \
+    -b "TrainingLoop.batch_size = $BATCH" -b "TrainingLoop.steps = $MAX_STEPS" \
+    -b "TrainingLoop.eval_samples = $EVAL_SAMPLES" -b "TrainingLoop.checkpoint_every = $CKPT_EVERY"
   if [ -f "$CLF" ]; then printf '%s\n' -b "$tr.metrics = [@ClassifierFD()]"; fi
 }
 mapfile -t TEACHER_COMMON < <(common_binds MatchingTrainer)
@@ -179,8 +180,7 @@ if [ "$BENCH_REPEATS" != 0 ]; then
     --precision "$PRECISION" --compile off --warmup 2 --repeats "$BENCH_REPEATS" --out "$WORK/bench.json" \
     "${SMOKE_BIND[@]}" "${UNET_BINDS[@]}" -b "CheckpointTeacher.source = '$WORK/fm_teacher'" \
     -b "CIFAR10Shards.cache_dir = '$CACHE'" -b "TrainingLoop.batch_size = $BATCH" \
-    -b "TrainingLoop.batch_size = $BATCH" -b "DistillationTrainer.fake_steps = $K" \
-    -b "TrainingLoop.device = '$DEVICE'" -b "TrainingLoop.device = '$DEVICE'"
+    -b "DistillationTrainer.fake_steps = $K" -b "TrainingLoop.device = '$DEVICE'"
 fi
 
 # 7. summary.json, manifests (registry/), PNGs

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         if ckpts:
             ema = load_checkpoint(ckpts[-1])["ema"]
             parameters = sum(v.numel() for k, v in ema.items() if k.startswith("model.") and v.is_floating_point())
-        runs[name] = {"parameters": parameters, "rows": rows, "final": last, "steps": last["step"], "train_seconds": last.get("wall_time"),
+        runs[name] = {"parameters": parameters, "rows": rows, "final": last, "steps": last["step"],
+                      "train_seconds": last.get("wall_time"),
                       "steps_per_s": round(steps_per_s, 3),
                       "images_per_s": None if batch is None else round(steps_per_s * batch, 1),
                       "peak_memory_gib": max((r.get("peak_memory_gib") or 0) for r in rows) or None,

@@ -6,7 +6,7 @@ learning rates and time budget, changing only (alpha, beta): UID is
 (1, 1), RealUID the ``--grid`` points (default around the paper's best,
 Table 1: (0.94, 0.96) for unconditional CIFAR-10). Each run evaluates the
 classifier FD of ``--eval-samples`` fixed-noise EMA samples every
-``--eval-every`` generator steps (``realuid.metrics.features.ClassifierFD``).
+``--eval-every`` generator steps (``realuid.metrics.classifier_fd.ClassifierFD``).
 
 Reported per run: final FD, best FD, steps and images/s; and for each RealUID
 run the first evaluated step at which its FD is at or below UID's final FD,
@@ -29,7 +29,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cifar_runs import SMALL_UNET, Phases, binds, ensure_classifier, read_metrics, realuid, trainer_binds
+from cifar_phases import (NEVER, SMALL_UNET, Phases, binds, ensure_classifier, read_metrics, realuid, training_binds,
+                          unet_name)
 
 
 def parse_grid(text: str) -> list[tuple[float, float]]:
@@ -122,9 +123,9 @@ def main(teacher: Path = typer.Option(Path("runs/speedrun/teacher"), help="teach
     if not (teacher / "run.json").is_file():
         phases.run("teacher", realuid("run", "gin/fm_cifar_teacher.gin", *smoke_flags, "--out", str(teacher),
                                       "--overwrite", "--no-progress",
-                                      *binds(unet + trainer_binds("MatchingTrainer", seconds=teacher_seconds,
-                                                                  eval_every=100000000, **{**common,
-                                                                                           "classifier": None}))))
+                                      *binds(unet + training_binds("MatchingTrainer", seconds=teacher_seconds,
+                                                                   eval_every=NEVER,
+                                                                   **{**common, "classifier": None}))))
 
     runs: dict[str, dict] = {}
     for alpha, beta in [(1.0, 1.0), *points]:
@@ -134,8 +135,8 @@ def main(teacher: Path = typer.Option(Path("runs/speedrun/teacher"), help="teach
         method = [] if alpha == 1.0 else [f"RealUID.alpha = {alpha}", f"RealUID.beta = {beta}"]
         ok = phases.run(name, realuid("run", recipe, *smoke_flags, "--out", str(folder), "--overwrite",
                                       "--no-progress", "--seed", str(seed),
-                                      *binds(unet + trainer_binds("DistillationTrainer", seconds=seconds,
-                                                                  eval_every=eval_every, **common)),
+                                      *binds(unet + training_binds("DistillationTrainer", seconds=seconds,
+                                                                   eval_every=eval_every, **common)),
                                       *binds([f"CheckpointTeacher.source = '{teacher}'",
                                               f"DistillationTrainer.lr_generator = {lr}",
                                               f"DistillationTrainer.lr_fake = {lr}",
@@ -157,7 +158,7 @@ def main(teacher: Path = typer.Option(Path("runs/speedrun/teacher"), help="teach
               "settings": {"teacher": str(teacher), "seconds": seconds, "eval_every": eval_every,
                            "eval_samples": eval_samples, "lr": lr, "fake_steps": fake_steps, "batch": batch,
                            "seed": seed, "precision": precision, "compile": compile,
-                           "unet": "paper (35.7M)" if paper_unet else "small (6.5M)"},
+                           "unet": unet_name(smoke, paper_unet)},
               "phases": phases.records, "runs": runs}
     (out / "convergence.json").write_text(json.dumps(result, indent=2) + "\n")
     plotted = plot(runs, out / "convergence.png")

@@ -105,12 +105,12 @@ def run_one(spec: dict, seed: int, common: list[str], sw_target: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        trainer = run(BASE, [*common, *spec["binds"]], out=Path(tmp) / "run", seed=seed, progress=False)
+        loop = run(BASE, [*common, *spec["binds"]], out=Path(tmp) / "run", seed=seed, progress=False)
         seconds = time.perf_counter() - start
-        rows = trainer.log.rows()
+        rows = loop.log.rows()
         samples = torch.from_numpy(np.load(Path(tmp) / "run" / "samples.npy"))
     final = rows[-1]
-    vs_teacher = MixtureMetrics(mixture=trainer.teacher.mixture)(samples)
+    vs_teacher = MixtureMetrics(mixture=loop.trainer.teacher.mixture)(samples)
     reached = next((r["step"] for r in rows if r["sw"] <= sw_target), None)
     return {
         **{k: spec[k] for k in ("name", "method", "alpha", "beta", "grid")}, "seed": seed,
@@ -316,8 +316,8 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
     if not (step > 0 and num >= 1 and 1 - (num - 1) * step > 0):
         raise typer.BadParameter("need step > 0, num >= 1 and 1 - (num - 1) * step > 0")
     weights = ", ".join(str(float(w)) for w in teacher_weights)
-    common = [f"DistillationTrainer.steps = {steps}", f"DistillationTrainer.eval_every = {eval_every}",
-              f"DistillationTrainer.checkpoint_every = {steps}", f"DistillationTrainer.eval_samples = {eval_samples}",
+    common = [f"TrainingLoop.steps = {steps}", f"TrainingLoop.eval_every = {eval_every}",
+              f"TrainingLoop.checkpoint_every = {steps}", f"TrainingLoop.eval_samples = {eval_samples}",
               "AnalyticTeacher.mixture = @teacher/GaussianMixture()", f"teacher/GaussianMixture.weights = [{weights}]"]
     runs, start = [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -357,8 +357,8 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
         from realuid.engine.runner import build
 
         with tempfile.TemporaryDirectory() as tmp:
-            trainer, _ = build(BASE, common, out=Path(tmp) / "x", progress=False)
-            data, teacher = trainer.data, trainer.teacher.mixture
+            loop, _ = build(BASE, common, out=Path(tmp) / "x", progress=False)
+            data, teacher = loop.data, loop.trainer.teacher.mixture
         assert isinstance(data, GaussianMixture) and isinstance(teacher, GaussianMixture)
         add_theory(summary, data, teacher)
     values = grid_values(step, num)

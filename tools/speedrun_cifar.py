@@ -14,7 +14,7 @@ writes ``OUT/speedrun.json``. It measures; it decides nothing.
     python tools/speedrun_cifar.py --smoke                                          # the logic, on CPU, ~2 min
 
 Classifier FD is the Frechet distance in the features of a small CIFAR-10
-classifier (``realuid.metrics.features``), not the Inception FID: its numbers
+classifier (``realuid.metrics.classifier_fd``), not the Inception FID: its numbers
 are comparable with each other, not with published FIDs.
 """
 
@@ -28,7 +28,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cifar_runs import SMALL_UNET, Phases, binds, ensure_classifier, evaluate, read_metrics, realuid, trainer_binds
+from cifar_phases import (NEVER, SMALL_UNET, Phases, binds, ensure_classifier, evaluate, read_metrics, realuid,
+                          training_binds, unet_name)
 
 GOAL_MINUTES = 20.0
 
@@ -64,16 +65,16 @@ def main(teacher_seconds: float = typer.Option(240, help="teacher training time 
     teacher_dir = out / "teacher"
     phases.run("teacher", realuid("run", "gin/fm_cifar_teacher.gin", *smoke_flags, "--out", str(teacher_dir),
                                   "--overwrite", "--no-progress",
-                                  *binds(unet + trainer_binds("MatchingTrainer", seconds=teacher_seconds,
-                                                              eval_every=100000000, **common)),
+                                  *binds(unet + training_binds("MatchingTrainer", seconds=teacher_seconds,
+                                                               eval_every=NEVER, **common)),
                                   *binds([f"MatchingTrainer.lr = {teacher_lr}", "MatchingTrainer.warmup_steps = 200",
                                           "MatchingTrainer.ema_decay = 0.999", "MatchingTrainer.eval_nfe = 20"])))
     student_dir = out / method
     method_binds = [f"RealUID.alpha = {alpha}", f"RealUID.beta = {beta}"] if method == "realuid" else []
     phases.run("student", realuid("run", f"gin/{method}_fm_cifar.gin", *smoke_flags, "--out", str(student_dir),
                                   "--overwrite", "--no-progress",
-                                  *binds(unet + trainer_binds("DistillationTrainer", seconds=student_seconds,
-                                                              eval_every=100000000, **common)),
+                                  *binds(unet + training_binds("DistillationTrainer", seconds=student_seconds,
+                                                               eval_every=NEVER, **common)),
                                   *binds([f"CheckpointTeacher.source = '{teacher_dir}'",
                                           f"DistillationTrainer.lr_generator = {student_lr}",
                                           f"DistillationTrainer.lr_fake = {student_lr}",
@@ -101,7 +102,7 @@ def main(teacher_seconds: float = typer.Option(240, help="teacher training time 
         "settings": {"teacher_seconds": teacher_seconds, "student_seconds": student_seconds, "method": method,
                      "alpha": alpha, "beta": beta, "teacher_lr": teacher_lr, "student_lr": student_lr,
                      "fake_steps": fake_steps, "batch": batch, "fd_samples": fd_samples, "precision": precision,
-                     "compile": compile, "unet": "paper (35.7M)" if paper_unet else "small (6.5M)"},
+                     "compile": compile, "unet": unet_name(smoke, paper_unet)},
         "phases": phases.records, "fd": fds,
         "steps": {"teacher": steps_of(teacher_dir), "student": steps_of(student_dir)},
         "goal": {"train_minutes": train_s / 60, "goal_minutes": GOAL_MINUTES, "teacher_fd_nfe100": teacher_100,

@@ -1,9 +1,15 @@
-"""Shared plumbing of the CIFAR-10 GPU tools (``speedrun_cifar.py``, ``convergence_cifar.py``).
+"""The helper library of the CIFAR-10 tools: runs and times their phases, builds their bindings.
 
-Every phase is the real command line a user would type (``realuid run``,
-``realuid eval``, ``tools/train_fd_classifier.py``), run as a subprocess so
-that gin's global state never leaks between phases; its exact command, wall
-time and exit code are recorded and its output is appended to one log.
+Used by ``speedrun_cifar.py``, ``convergence_cifar.py`` and ``bench_ddp.py``;
+it measures nothing itself.
+
+:class:`Phases` runs and times phases: every phase is the real command line a
+user would type (``realuid run``, ``realuid eval``,
+``tools/train_fd_classifier.py``), run as a subprocess so that gin's global
+state never leaks between phases; its exact command, wall time and exit code
+are recorded and its output is appended to one log. :func:`training_binds`
+builds the bindings of a training phase (loop settings on ``TrainingLoop``,
+metrics on the trainer); :func:`evaluate` runs ``realuid eval`` of a model.
 """
 
 from __future__ import annotations
@@ -16,12 +22,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from realuid.errors import MAX_STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
+
+#: a step count no run reaches (the largest ``TrainingLoop.steps``, checkpoint names have 8 digits): with a
+#: time limit, training stops on the clock and the final evaluation and checkpoint come at that step
+NEVER = MAX_STEPS
 
 # A 6.5M-parameter variant of the paper's 35.7M U-Net (64 channels, multipliers 1, 2, 2, attention at 16x16):
 # small enough to train a usable teacher in minutes of one GPU.
 SMALL_UNET = ("UNet.model_channels = 64", "UNet.channel_mult = (1, 2, 2)", "UNet.num_res_blocks = 2",
               "UNet.dropout = 0.0")
+
+
+def unet_name(smoke: bool, paper_unet: bool) -> str:
+    """Which U-Net a tool's runs train: the smoke preset's, the paper's or :data:`SMALL_UNET`."""
+    return "smoke preset (tiny)" if smoke else "paper (35.7M)" if paper_unet else "small (6.5M)"
 
 
 def realuid(*args: str) -> list[str]:
@@ -61,14 +78,19 @@ class Phases:
         return next((r["seconds"] for r in self.records if r["phase"] == name), None)
 
 
-def trainer_binds(trainer: str, *, device: str, precision: str, batch: int, seconds: float, eval_every: int,
-                  eval_samples: int, cache: Path, classifier: Path | None, compile_: bool) -> list[str]:
-    """Bindings shared by every training phase: device, precision, batch, a time limit instead of a step count."""
+def training_binds(trainer: str, *, device: str, precision: str, batch: int, seconds: float, eval_every: int,
+                   eval_samples: int, cache: Path, classifier: Path | None, compile_: bool) -> list[str]:
+    """Bindings shared by every training phase: device, precision, batch, a time limit instead of a step count.
+
+    Loop settings go to ``TrainingLoop``; the classifier-FD metric (when ``classifier`` is given) to
+    ``trainer`` (``MatchingTrainer`` or ``DistillationTrainer``), which owns the metrics.
+    """
     out = [f"CIFAR10Shards.cache_dir = '{cache}'", "CIFAR10Shards.num_workers = 8",
-           f"{trainer}.device = '{device}'", f"{trainer}.precision = '{precision}'", f"{trainer}.batch_size = {batch}",
-           f"{trainer}.steps = 100000000", f"{trainer}.time_limit = {seconds}", f"{trainer}.eval_every = {eval_every}",
-           f"{trainer}.checkpoint_every = 100000000", f"{trainer}.eval_samples = {eval_samples}",
-           f"{trainer}.compile = {compile_}"]
+           f"TrainingLoop.device = '{device}'", f"TrainingLoop.precision = '{precision}'",
+           f"TrainingLoop.batch_size = {batch}", f"TrainingLoop.steps = {NEVER}",
+           f"TrainingLoop.time_limit = {seconds}", f"TrainingLoop.eval_every = {eval_every}",
+           f"TrainingLoop.checkpoint_every = {NEVER}", f"TrainingLoop.eval_samples = {eval_samples}",
+           f"TrainingLoop.compile = {compile_}"]
     if classifier is not None:
         out += [f"ClassifierFD.classifier_path = '{classifier}'", f"{trainer}.metrics = [@ClassifierFD()]"]
     return out
