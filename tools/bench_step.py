@@ -118,12 +118,21 @@ def profile_cycle(fn, rows: int) -> dict:
                      "share": device_us(e) / busy if busy else 0.0} for e in top]}
 
 
-def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: bool, binds: list[str],
+COMPILES = {"off": False, "on": True, "regional": "regional"}
+
+
+def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: str, mode: str, binds: list[str],
                   warmup: int, repeats: int, profile_rows: int = 0) -> dict:
-    extra = [f"TrainingLoop.precision = '{precision}'", f"TrainingLoop.compile = {compile_}", *binds]
+    extra = [f"TrainingLoop.precision = '{precision}'", f"TrainingLoop.compile = {COMPILES[compile_]!r}",
+             f"TrainingLoop.compile_mode = '{mode}'", *binds]
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         loop, _ = build(recipe, extra, out=Path(tmp) / "d", progress=False)
         teacher_loop, _ = build(teacher_recipe, extra, out=Path(tmp) / "t", progress=False)
+        built = time.perf_counter()
+        loop.trainer.train_step()   # the first cycle: every distillation graph compiles here
+        sync()
+        first_cycle = time.perf_counter()
         trainer, teacher_trainer = loop.trainer, teacher_loop.trainer
         # one process: the local batch (what each update draws) is the global batch
         k, batch = trainer.fake_steps, loop.local_batch_size
@@ -147,8 +156,9 @@ def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: bo
             }
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         profiled = profile_cycle(trainer.train_step, profile_rows) if profile_rows else None
-    return {"precision": precision, "compile": compile_, "batch_size": batch, "peak_memory_gib": peak_mem,
-            "steps": rows, "profile": profiled, "dynamo": dynamo_counters() if compile_ else None}
+    return {"precision": precision, "compile": compile_, "compile_mode": mode, "batch_size": batch,
+            "peak_memory_gib": peak_mem, "build_s": built - start, "first_cycle_s": first_cycle - built,
+            "steps": rows, "profile": profiled, "dynamo": dynamo_counters() if compile_ != "off" else None}
 
 
 def dynamo_counters() -> dict:
@@ -161,17 +171,25 @@ def dynamo_counters() -> dict:
 
 def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm_cifar_teacher.gin",
          precision: list[str] = typer.Option(["bf16"], "--precision"),
-         compile: list[str] = typer.Option(["off"], "--compile", help="off and/or on"),
+         compile: list[str] = typer.Option(["off"], "--compile", help="off, on (whole networks) and/or regional"),
+         compile_mode: str = typer.Option("default", "--compile-mode", help="torch.compile mode"),
          bind: list[str] = typer.Option([], "--bind", "-b"), warmup: int = 3, repeats: int = 10,
          profile: int = typer.Option(0, help="also profile one distillation cycle: show this many top ops"),
          out: Path = Path("runs/bench_step.json")):
     """Time every step kind for every precision x compile setting (and profile a cycle with --profile N)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    results = {"device": device, "torch": torch.__version__, "recipe": recipe, "settings": []}
+    import os
+
+    bad = [c for c in compile if c not in COMPILES]
+    if bad:
+        raise typer.BadParameter(f"--compile {bad[0]!r}: use off, on or regional")
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or f"/tmp/torchinductor_{os.environ.get('USER', 'root')}"
+    results = {"device": device, "torch": torch.__version__, "recipe": recipe, "inductor_cache": cache,
+               "inductor_cache_existed": Path(cache).is_dir(), "settings": []}
     for p in precision:
         for c in compile:
-            results["settings"].append(bench_setting(recipe, teacher_recipe, p, c == "on", bind, warmup, repeats,
-                                                     profile))
+            results["settings"].append(bench_setting(recipe, teacher_recipe, p, c, compile_mode, bind, warmup,
+                                                     repeats, profile))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -180,13 +198,16 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
         table.add_column(col, justify="right")
     for s in results["settings"]:
         for name, r in s["steps"].items():
-            table.add_row(s["precision"], "on" if s["compile"] else "off", name, str(r["batch_size"]),
+            table.add_row(s["precision"], s["compile"], name, str(r["batch_size"]),
                           f"{r['ms']:.1f}",
                           f"{r['images_per_s']:.0f}", f"{r['gflop']:.0f}", f"{r['tflops_per_s']:.1f}",
                           "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
                           "-" if s["peak_memory_gib"] is None else f"{s['peak_memory_gib']:.1f}")
     Console().print(table)
     for s in results["settings"]:
+        Console().print(f"{s['precision']} compile {s['compile']} ({s['compile_mode']}): build {s['build_s']:.1f} s, "
+                        f"first cycle {s['first_cycle_s']:.1f} s (inductor cache {results['inductor_cache']}, "
+                        f"{'existed' if results['inductor_cache_existed'] else 'cold'} at start)")
         if s["dynamo"]:
             Console().print(f"torch.compile after the {s['precision']} setting: {s['dynamo']}")
         if s["profile"]:
@@ -196,7 +217,7 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
 
 def print_profile(setting: dict) -> None:
     prof = setting["profile"]
-    table = Table(title=f"one cycle, {setting['precision']}, compile {'on' if setting['compile'] else 'off'}: "
+    table = Table(title=f"one cycle, {setting['precision']}, compile {setting['compile']}: "
                         f"device busy {prof['busy_ms']:.1f} ms of {prof['wall_ms']:.1f} ms wall")
     for col in ("kernel", "calls", "device ms", "share"):
         table.add_column(col, justify="left" if col == "kernel" else "right")
