@@ -11,6 +11,7 @@ import sys
 import typer
 
 from realuid.cli import images, registry, run
+from realuid.cli.export import export
 from realuid.cli.common import errors, set_debug
 from realuid.errors import UserError
 
@@ -28,6 +29,7 @@ app.command("list-components")(run.list_components)
 app.command("show")(run.show)
 app.command("sample")(images.sample)
 app.command("eval")(images.evaluate)
+app.command("export")(export)
 
 registry_app = typer.Typer(no_args_is_help=True, help="The registry of trained models (registry/*.toml).")
 registry_app.command("list")(registry.list_models)

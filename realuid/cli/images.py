@@ -2,7 +2,8 @@
 
 ``sample`` writes DIR/samples.npz, a PNG grid and sample.json; ``eval`` computes
 FID / Inception Score and the classifier FD of such a file, or of a model it
-samples first.
+samples first. A model is a run folder, checkpoint file or registry name, or a
+folder written by ``realuid export`` (read without gin).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ FD_CLASSIFIER_DEFAULT = Path("registry/checkpoints/fd_classifier.pt")
 
 
 def sample(
-    source: str = typer.Argument(..., help="Run folder, checkpoint file or registry name of a teacher or student."),
+    source: str = typer.Argument(..., help="Run folder, checkpoint file, registry name or export folder (`realuid "
+                                 "export`) of a teacher or student."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for samples.npz, samples.png and sample.json."),
     nfe: Optional[str] = typer.Option(None, "--nfe", metavar="<int>", help="Field evaluations of a teacher's ODE, an "
                                       "integer >= 1 (students: 1)."),
@@ -65,8 +67,8 @@ def sample(
 
 
 def evaluate(
-    source: str = typer.Argument(..., help="samples.npz (or a folder holding one), or a run folder / registry name "
-                                 "to sample first."),
+    source: str = typer.Argument(..., help="samples.npz (or a folder holding one), or a run folder, registry name "
+                                 "or export folder to sample first."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="Inception-v3 weights file "
                                                     "for FID/IS (weights-inception-2015-12-05-6726825d.pth)."),
     fd_classifier: Optional[str] = typer.Option(None, "--fd-classifier", help="FD classifier checkpoint (default "

@@ -1,4 +1,9 @@
-"""Loading a trained run: a teacher (EMA field) or student (EMA generator) with its path, ready to sample."""
+"""Loading a trained model: a teacher (EMA field) or student (EMA generator) with its path, ready to sample.
+
+From a run folder, a checkpoint file or a registry name (the run's gin config
+rebuilds the architecture), or from an export folder (``config.json`` +
+``model.safetensors``, :mod:`realuid.models.export`; no gin).
+"""
 
 from __future__ import annotations
 
@@ -55,15 +60,19 @@ def _build_from_config(config_text: str, names: dict[str, str]) -> dict:
 
 
 def load_trained(source: str | Path, device="cpu", where: str = "SOURCE argument") -> TrainedModel:
-    """A teacher (EMA field) or student (EMA generator) from a run folder, checkpoint or registry name.
+    """A teacher (EMA field) or student (EMA generator) from a run folder, checkpoint, registry name or export folder.
 
     The architecture comes from the checkpoint's own copy of the run's
     config.gin (or the run folder's), the weights from its EMA, loaded with
     ``weights_only=True``. Parses gin: use it from a command, not inside a run.
+    An export folder (:func:`realuid.models.export.is_export_folder`) is read
+    from its config.json and model.safetensors instead, without gin.
     """
-    import torch
-
     from realuid.fields import NetworkField
+    from realuid.models.export import is_export_folder, load_export
+
+    if is_export_folder(source):
+        return load_export(source, device, where)
 
     resolved = resolve_source(source, where)
     state = load_checkpoint(resolved.checkpoint, map_location="cpu")

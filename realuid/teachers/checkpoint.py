@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 from torch import nn
 
 from realuid.context import RunContext
@@ -29,22 +35,32 @@ class CheckpointTeacher(nn.Module):
     ``source`` is looked up as: an existing run folder or ``.pt`` file; a run
     folder ``<search folder>/<source>``; ``registry/<source>.toml``. When none
     exists the error prints the command that trains it
-    (``realuid run <recipe> <train_flags> --out <first search folder>/<source>``).
+    (``realuid run <recipe> <train_flags> --out <first search folder>/<source>``)
+    and the one that imports a published checkpoint instead
+    (``realuid import <import_format> CKPT.pt --recipe <recipe> --out ...``).
+    With ``train_missing`` (``realuid run --smoke`` binds it) that training
+    command is run first, in a subprocess, and the teacher it writes is loaded.
 
     Args:
         network: the backbone (same architecture as the trained one).
         source: run folder, checkpoint file, or name.
-        recipe: the recipe that trains this teacher (for the error message).
+        recipe: the recipe that trains this teacher (for the error message); a relative path is
+            looked up from the working folder, then from the realuid checkout.
         search: folders in which ``source`` may name a run folder.
         train_flags: extra flags of the printed training command (the smoke preset adds ``--smoke``).
         guidance: classifier-free guidance scale for a class-conditional teacher (1 = none).
         allow_random_init: keep the untrained network when nothing is found, with a warning
             (benchmarks of speed only; never for results).
+        train_missing: when nothing called ``source`` exists, train it first with the printed command
+            (``realuid run <recipe> <train_flags> --out <first search folder>/<source>``) and load it.
+            Meant for the smoke preset, where that takes seconds; off by default.
+        import_format: the ``realuid import`` format of published checkpoints of this teacher
+            (``'torchcfm'`` for the flow-matching CIFAR-10 teacher), for the error message.
     """
 
     def __init__(self, network: nn.Module, source: str | None = None, recipe: str = "gin/fm_cifar_teacher.gin",
                  search: tuple[str, ...] = ("runs",), train_flags: str = "", guidance: float = 1.0,
-                 allow_random_init: bool = False):
+                 allow_random_init: bool = False, train_missing: bool = False, import_format: str | None = None):
         super().__init__()
         self.network, self.guidance, self.path = network, float(guidance), None
         self.source = source
@@ -57,9 +73,15 @@ class CheckpointTeacher(nn.Module):
         where = f"CheckpointTeacher.source = {source!r}"
         out = f"{search[0]}/{source}" if search else f"runs/{source}"
         hint = " ".join(part for part in ("realuid run", recipe, train_flags, "--out", out) if part)
+        missing = _missing(source, tuple(search))
+        if missing and train_missing:
+            _train(recipe, train_flags, out, hint, where)
         try:
             resolved = resolve_source(source, where, tuple(search), hint)
-        except UserError:
+        except UserError as err:
+            if missing and err.fix:
+                err.fix = (err.fix.rstrip(".") + "; or import a published checkpoint with `realuid import "
+                           f"{import_format or 'FORMAT'} CKPT.pt --recipe {recipe} --out {out}`")
             if not allow_random_init:
                 raise
             warn(f"no trained teacher {source!r}: CheckpointTeacher.allow_random_init keeps an UNTRAINED network "
@@ -109,6 +131,50 @@ class CheckpointTeacher(nn.Module):
             return self.path.apply_network(self.network, x, s, c, self.parameterization)
 
         return guided(field, self.guidance)(x_t, t, cond)
+
+
+def _missing(source: str, search: tuple[str, ...]) -> bool:
+    """Whether nothing called ``source`` exists: no such path, no run folder in ``search``, no manifest."""
+    from realuid.models.registry import registry_dir
+
+    name = str(source)
+    return not (Path(name).exists() or any((Path(folder) / name).exists() for folder in search)
+                or (registry_dir() / f"{name}.toml").is_file())
+
+
+def _train(recipe: str, train_flags: str, out: str, hint: str, where: str) -> None:
+    """Run ``realuid run RECIPE TRAIN_FLAGS --out OUT`` in a subprocess (``CheckpointTeacher.train_missing``).
+
+    A subprocess, not :func:`realuid.engine.runner.run` in this process: this
+    teacher is being built while gin builds the student's trainer, and a
+    nested run would clear and re-parse the one global gin config under it.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("CheckpointTeacher.train_missing does not train a teacher under torchrun (every rank "
+                        "would)", where, f"train it first with `{hint}`")
+    recipe_file = Path(recipe)
+    if not recipe_file.is_file() and not recipe_file.is_absolute():
+        checkout = Path(__file__).resolve().parents[2] / recipe
+        recipe_file = checkout if checkout.is_file() else recipe_file
+    if not recipe_file.is_file():
+        raise UserError(f"the teacher's recipe {recipe} does not exist (looked for it from {Path.cwd()} and in the "
+                        "realuid checkout)", "CheckpointTeacher.recipe", "bind CheckpointTeacher.recipe to the "
+                        "path of the recipe that trains the teacher")
+    command = [sys.executable, "-m", "realuid", "run", str(recipe_file), *shlex.split(train_flags), "--out", out,
+               "--no-progress"]
+    print(f"no teacher at {out} yet: training it first (CheckpointTeacher.train_missing): {hint}", file=sys.stderr,
+          flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:   # the child's own "error: WHAT. Where: W. Fix: F." becomes this error's parts
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("error:")]
+        what, _, rest = (errors[-1][len("error:"):].strip() if errors else " ".join(lines[-3:])).partition(
+            ". Where: ")
+        child_where, _, child_fix = rest.partition(". Fix: ")
+        fix = child_fix.rstrip(".") + "; then " if child_fix else f"run `{hint}` yourself to see why; then "
+        raise UserError(f"training the missing teacher with `{hint}` failed (exit {result.returncode}): "
+                        f"{what.rstrip('.') or '(no output)'}"[:800], child_where or where,
+                        fix + "start this run again")
 
 
 def _network_lines(config: str) -> str:
