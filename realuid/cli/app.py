@@ -12,6 +12,7 @@ import typer
 
 from realuid.cli import images, registry, run
 from realuid.cli.export import export
+from realuid.cli.importing import import_checkpoint
 from realuid.cli.common import errors, set_debug
 from realuid.errors import UserError
 
@@ -30,6 +31,7 @@ app.command("show")(run.show)
 app.command("sample")(images.sample)
 app.command("eval")(images.evaluate)
 app.command("export")(export)
+app.command("import")(import_checkpoint)
 
 registry_app = typer.Typer(no_args_is_help=True, help="The registry of trained models (registry/*.toml).")
 registry_app.command("list")(registry.list_models)
