@@ -11,6 +11,7 @@ import sys
 import typer
 
 from realuid.cli import images, registry, run
+from realuid.cli.data import data_app
 from realuid.cli.export import export
 from realuid.cli.importing import import_checkpoint
 from realuid.cli.common import errors, set_debug
@@ -37,6 +38,7 @@ registry_app = typer.Typer(no_args_is_help=True, help="The registry of trained m
 registry_app.command("list")(registry.list_models)
 registry_app.command("add")(registry.add)
 app.add_typer(registry_app, name="registry")
+app.add_typer(data_app, name="data")
 
 
 def entry() -> None:

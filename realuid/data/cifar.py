@@ -8,6 +8,13 @@ several workers, order fixed by the list so the result does not depend on the
 number of workers), into one uint8 tensor [N, 3, 32, 32]: 150 MB for the 50k
 training images. Batches are then random indices into it, so training pays no
 per-step decoding and the stream position is just a generator state.
+
+This is the CIFAR-10 preset of the image data: it reads the shared folder's
+own layout (gzip shards of JPEGs, its own manifest) and keeps its i.i.d.
+sampler (indices with replacement), so CIFAR runs stay bit-identical to those
+made before :class:`~realuid.data.shards.ImageShards` existed. Images of any
+other set (or CIFAR-10 itself, packed losslessly) go through ``realuid data
+pack`` and :class:`~realuid.data.shards.ImageShards` (epoch order, streaming).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 
 from realuid.data.base import Batch, DataSource
+from realuid.data.shards import to_unit_range
 from realuid.errors import UserError
 from realuid.components import register
 
@@ -198,11 +206,6 @@ def read_cifar10(root: str | os.PathLike | None = None, split: str = "train", li
             np.savez(f, images=images.numpy(), labels=labels.numpy())
         os.replace(tmp, cache)
     return images, labels
-
-
-def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels {0..255} -> float in [-1, 1]: ``x / 127.5 - 1``."""
-    return images_uint8.float() / 127.5 - 1.0
 
 
 @register("data")

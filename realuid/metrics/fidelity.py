@@ -31,21 +31,80 @@ class UInt8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def inception_weights_path(path: str | None) -> Path:
+#: sha256 of that file as reported by a third-party project (not verified here: a mismatch only warns)
+INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+
+
+def inception_weights_path(path: str | None, where: str = "TorchFidelityFID.inception_weights") -> Path:
     """The weights file to use (``path``, else ``$REALUID_INCEPTION_WEIGHTS``); a UserError if there is none."""
     path = path or os.environ.get(WEIGHTS_ENV)
     fix = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy the file "
-           f"{INCEPTION_WEIGHTS_NAME} here, and pass it with --inception-weights PATH "
-           f"(or bind TorchFidelityFID.inception_weights = 'PATH', or set {WEIGHTS_ENV}=PATH); "
+           f"{INCEPTION_WEIGHTS_NAME} (expected sha256 {INCEPTION_WEIGHTS_SHA256}) here, and pass it with "
+           f"--inception-weights PATH (or bind TorchFidelityFID.inception_weights = 'PATH', or set "
+           f"{WEIGHTS_ENV}=PATH); "
            "without network access use the ClassifierFD metric instead")
     if not path:
-        raise UserError("FID/IS need the Inception-v3 weights file and none was given "
-                        "(realuid never downloads it: a download without network access hangs)",
-                        "TorchFidelityFID.inception_weights", fix)
+        raise UserError("FID/IS and Inception statistics need the Inception-v3 weights file and none was given "
+                        "(realuid never downloads it: a download without network access hangs)", where, fix)
     if not Path(path).is_file():
-        raise UserError(f"the Inception weights file {path} does not exist", "TorchFidelityFID.inception_weights",
-                        fix)
+        raise UserError(f"the Inception weights file {path} does not exist", where, fix)
     return Path(path)
+
+
+def inception_extractor(weights: Path, device: torch.device | str = "cpu", where: str = "--inception-weights"):
+    """torch-fidelity's FID feature extractor ('inception-v3-compat', the 2048-d pool features) from a local file.
+
+    The same network, input check (uint8 [B, 3, H, W]) and TF-1.x-compatible
+    bilinear resize to 299 x 299 that ``torch_fidelity.calculate_metrics`` uses
+    for FID. A file whose sha256 differs from :data:`INCEPTION_WEIGHTS_SHA256`
+    is used with a warning.
+    """
+    from realuid.errors import warn
+    from realuid.io import sha256_file
+
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as err:
+        raise UserError("Inception features need torch-fidelity, which is not installed", where,
+                        "pip install torch-fidelity") from err
+    digest = sha256_file(weights)
+    if digest != INCEPTION_WEIGHTS_SHA256:
+        warn(f"{weights} has sha256 {digest[:12]}..., not the {INCEPTION_WEIGHTS_SHA256[:12]}... reported for "
+             f"{INCEPTION_WEIGHTS_NAME}: statistics made with it may not match published ones")
+    try:
+        extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                feature_extractor_weights_path=str(weights))
+    except Exception as err:   # not a state dict, wrong keys or shapes
+        raise UserError(f"the Inception weights file {weights} cannot be loaded ({type(err).__name__}: "
+                        f"{str(err)[:200]})", where, f"give torch-fidelity's {INCEPTION_WEIGHTS_NAME}") from None
+    return extractor.to(device).eval()
+
+
+def inception_features(batches, weights: Path, device: torch.device | str = "cpu", progress=None) -> torch.Tensor:
+    """float32 [N, 2048] Inception pool features of uint8 image batches [B, 3, H, W] (any H, W)."""
+    extractor = inception_extractor(weights, device)
+    features = []
+    with torch.no_grad():
+        for batch in batches:
+            features.append(extractor(batch.to(device))[0].float().cpu())
+            if progress is not None:
+                progress(len(batch))
+    return torch.cat(features)
+
+
+def feature_statistics(features: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 mean [D] and covariance [D, D] (divided by N - 1, as numpy.cov) of features [N, D], two passes in
+    chunks so that N x D is never converted to float64 at once."""
+    n, d = features.shape
+    total = torch.zeros(d, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        total += features[start:start + chunk].double().sum(0)
+    mu = total / n
+    scatter = torch.zeros(d, d, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        centred = features[start:start + chunk].double() - mu
+        scatter += centred.T @ centred
+    return mu, scatter / (n - 1)
 
 
 @register("metric")
@@ -60,6 +119,13 @@ class TorchFidelityFID(Metric):
     The Inception weights are read from a local file and never downloaded.
     The shards were re-encoded as JPEG, so values are not comparable with
     published CIFAR-10 FIDs (see shared/data/cifar10/README.md).
+
+    Other data (any resolution, e.g. :class:`~realuid.data.shards.ImageShards`
+    at 64x64) needs ``reference_stats``: a ``{mu, sigma}`` file (``realuid data
+    stats SHARDS --out FILE.npz``, or EDM / clean-fid / torch-fidelity files,
+    see :func:`realuid.metrics.frechet.read_reference_stats`); the FID is then
+    the Fréchet distance between the samples' Inception features (the same
+    extractor and resize) and that file.
 
     Usage::
 
@@ -76,12 +142,20 @@ class TorchFidelityFID(Metric):
         batch_size: images per Inception forward pass.
         inception_score: also compute the Inception Score.
         cache_root: torch-fidelity's feature cache folder (default ``$TORCH_HOME/fidelity_cache``).
+        reference_stats: a ``{mu, sigma}`` statistics file to compare with instead of the CIFAR-10 shards.
     """
 
     def __init__(self, inception_weights: str | None = None, reference_split: str = "train",
                  num_samples: int = 50000, root: str | None = None, reference_limit: int | None = None,
-                 batch_size: int = 200, inception_score: bool = True, cache_root: str | None = None):
+                 batch_size: int = 200, inception_score: bool = True, cache_root: str | None = None,
+                 reference_stats: str | None = None):
         self.weights = inception_weights_path(inception_weights)   # fail at construction, not after sampling
+        self.reference_stats = None
+        if reference_stats is not None:
+            from realuid.metrics.frechet import read_reference_stats
+
+            read_reference_stats(reference_stats, dim=2048)          # a bad file fails now, not after sampling
+            self.reference_stats = reference_stats
         self.reference_split, self.root, self.reference_limit = reference_split, root, reference_limit
         self.num_samples, self.batch_size = num_samples, batch_size
         self.inception_score, self.cache_root = inception_score, cache_root
@@ -89,12 +163,18 @@ class TorchFidelityFID(Metric):
         self._reference_name = ""
 
     def attach(self, context: RunContext) -> "TorchFidelityFID":
-        """Check that the run's data are CIFAR-shaped images; read the shards from the same folder as the data."""
+        """Check the run's data: RGB images, CIFAR-shaped unless ``reference_stats`` is given; the shard folder."""
         data = context.data
-        if tuple(data.shape) != (3, 32, 32):
-            raise UserError(f"TorchFidelityFID compares with CIFAR-10 (32x32 RGB); the run's data have shape "
-                            f"{tuple(data.shape)}", "TorchFidelityFID",
-                            "use it with CIFAR-10 data (CIFAR10Shards), or drop it from the metrics")
+        shape = tuple(data.shape)
+        if len(shape) != 3 or shape[0] != 3:
+            raise UserError(f"TorchFidelityFID measures RGB images (CIFAR-10's 32x32 RGB, or any 3 x H x W with "
+                            f"reference_stats); the run's data have shape {shape}", "TorchFidelityFID",
+                            "drop it from the metrics for non-image data")
+        if shape != (3, 32, 32) and self.reference_stats is None:
+            raise UserError(f"TorchFidelityFID compares with CIFAR-10 (32x32 RGB) unless it is given reference "
+                            f"statistics; the run's data have shape {shape}", "TorchFidelityFID.reference_stats",
+                            "compute them with `realuid data stats SHARDS --out stats.npz --inception-weights PATH` "
+                            "and bind TorchFidelityFID.reference_stats = 'stats.npz'")
         if self.root is None and getattr(data, "root", None) is not None:
             self.root = data.root
         return self
@@ -121,6 +201,8 @@ class TorchFidelityFID(Metric):
         if images.ndim != 4 or images.shape[1] != 3:
             raise UserError(f"TorchFidelityFID needs RGB images, got shape {tuple(samples.shape)}",
                             "TorchFidelityFID", "pass float [N, 3, H, W] in [-1, 1] or uint8 [N, H, W, 3]")
+        if self.reference_stats is not None:
+            return self._against_file(images, torch_fidelity)
         reference = self.reference()
         kwargs = dict(input1=UInt8Images(images), input2=reference, input2_cache_name=self._reference_name,
                       fid=True, isc=self.inception_score, feature_extractor_weights_path=str(self.weights),
@@ -130,6 +212,23 @@ class TorchFidelityFID(Metric):
         scores = torch_fidelity.calculate_metrics(**kwargs)
         result = {"fid": float(scores[torch_fidelity.KEY_METRIC_FID])}
         if self.inception_score:
+            result.update({"is": float(scores[torch_fidelity.KEY_METRIC_ISC_MEAN]),
+                           "is_std": float(scores[torch_fidelity.KEY_METRIC_ISC_STD])})
+        return result
+
+    def _against_file(self, images: torch.Tensor, torch_fidelity) -> dict[str, float]:
+        """FID against ``reference_stats`` (features of the samples by the same extractor), IS by torch-fidelity."""
+        from realuid.metrics.frechet import frechet_distance_to_file
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        batches = (images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size))
+        features = inception_features(batches, self.weights, device)
+        result = {"fid": frechet_distance_to_file(features, self.reference_stats)}
+        if self.inception_score:
+            scores = torch_fidelity.calculate_metrics(input1=UInt8Images(images), isc=True,
+                                                      feature_extractor_weights_path=str(self.weights),
+                                                      cuda=torch.cuda.is_available(), batch_size=self.batch_size,
+                                                      verbose=False)
             result.update({"is": float(scores[torch_fidelity.KEY_METRIC_ISC_MEAN]),
                            "is_std": float(scores[torch_fidelity.KEY_METRIC_ISC_STD])})
         return result
