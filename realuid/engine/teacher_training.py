@@ -24,6 +24,7 @@ from realuid.engine.trainer import Trainer
 from realuid.errors import check, check_count
 from realuid.fields import NetworkField
 from realuid.metrics.base import Metric
+from realuid.models.export import network_spec
 from realuid.paths.base import MatchingPath
 from realuid.sampling import SOLVERS, class_labels, sample_teacher
 
@@ -74,6 +75,9 @@ class MatchingTrainer(Trainer):
               f"bind {where}.eval_solver to one of {', '.join(repr(s) for s in SOLVERS)}")
         super().__init__(data, path, coupling, metrics, parameterization)
         self.network, self.eval_solver = network, eval_solver
+        # the network's full arguments, recorded in checkpoints: a teacher is refused by a recipe that
+        # would build it differently (CheckpointTeacher), e.g. another time scale that the weights cannot show
+        self.network_spec = network_spec(self.name)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.warmup_steps, self.lr_decay, self.lr_final = warmup_steps, lr_decay, lr_final
         self.grad_clip, self.ema_decay = grad_clip, ema_decay
@@ -88,6 +92,9 @@ class MatchingTrainer(Trainer):
         self.ema = EMA(self.network, self.ema_decay)
         loop.track(network=self.network, ema=self.ema, optimizer=self.optimizer)
         loop.track_lr(lr=lr_schedule(self.optimizer, loop.steps, self.warmup_steps, self.lr_decay, self.lr_final))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "network": self.network_spec}
 
     # -- one step -------------------------------------------------------------------------------------------------
     @in_run_dtype

@@ -493,6 +493,15 @@ def describe_run(source, where: str = "RUN argument") -> tuple[dict, dict]:
     return config, tensors
 
 
+def network_spec(owner: str, parameter: str = "network") -> dict | None:
+    """``{"name", "kwargs"}`` of the network bound to ``owner.parameter`` in the live gin config (defaults
+    filled in), or None when it cannot be written as plain data (an unregistered or unbound component)."""
+    try:
+        return _describe_binding(owner, parameter, [])[0]
+    except (UserError, ValueError, KeyError):
+        return None
+
+
 def _describe_binding(owner: str, parameter: str, scopes: list[str], skip=()):
     """({"name", "kwargs"}, scopes inside it, its raw bindings) of the component bound to ``owner.parameter``."""
     import gin

@@ -489,6 +489,9 @@ def import_torchcfm(checkpoint: Path | str, out: Path | str, recipe: Path | str 
                    "resolution are not visible in the weights (UNet.head_channels, UNet.num_heads, "
                    "UNet.img_resolution)", {realuid_name(k): k for k in sd if not k.startswith(_GAN_HEAD)})
         network.load_state_dict(mapped)
+        from realuid.models.export import network_spec
+
+        recorded_network = network_spec("MatchingTrainer") if role == "teacher" else None
     finally:
         gin.clear_config()
 
@@ -498,7 +501,7 @@ def import_torchcfm(checkpoint: Path | str, out: Path | str, recipe: Path | str 
     meta = {"trainer": trainer, "kind": "teacher" if role == "teacher" else "student", "config": config,
             "parameterization": parameterization, "path": type(path).__name__,
             "shape": [network.img_channels, network.img_resolution, network.img_resolution],
-            "num_classes": int(network.num_classes), "world_size": 1}
+            "num_classes": int(network.num_classes), "world_size": 1, "network": recorded_network}
     origin = {"format": "torchcfm", "source": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
               "key": key, "role": role, "step": step, "new_attention_order": bool(new_attention_order),
               "dropped": dropped}

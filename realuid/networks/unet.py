@@ -261,6 +261,13 @@ class UNet(nn.Module):
         self.head = nn.Sequential(group_norm(channels), nn.SiLU(),
                                   zero_init(nn.Conv2d(channels, img_channels, 3, padding=1)))
 
+    @staticmethod
+    def functional_arguments(kwargs: dict) -> dict:
+        """The arguments that decide the function the weights compute: ``num_heads`` is inert when
+        ``head_channels`` is given, dropout rates act in training only."""
+        inert = {"num_heads"} if kwargs.get("head_channels") is not None else set()
+        return {k: v for k, v in kwargs.items() if k not in inert and "dropout" not in k}
+
     def compile_regions(self) -> list[nn.Module]:
         """The blocks compiled one by one under regional compilation (``TrainingLoop.compile = 'regional'``)."""
         return [*self.encoder, self.middle, *self.decoder]

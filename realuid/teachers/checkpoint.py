@@ -13,10 +13,11 @@ from torch import nn
 from realuid.context import RunContext
 from realuid.checkpoints import load_checkpoint
 from realuid.errors import warn
+from realuid.models.export import network_spec
 from realuid.models.loading import ema_weights
 from realuid.models.registry import resolve_source
 from realuid.errors import UserError
-from realuid.components import register
+from realuid.components import get, register
 from realuid.sampling import guided
 
 
@@ -95,6 +96,7 @@ class CheckpointTeacher(nn.Module):
             raise UserError(f"{resolved.checkpoint} holds a one-step student, not a teacher", where,
                             "point CheckpointTeacher.source at a teacher-training run (MatchingTrainer)")
         self.parameterization = self.meta.get("parameterization")
+        _check_same_network(self.meta.get("network"), network_spec("CheckpointTeacher"), resolved.checkpoint, where)
         try:
             self.network.load_state_dict(ema_weights(state))
         except RuntimeError as err:
@@ -182,3 +184,36 @@ def _network_lines(config: str) -> str:
     lines = [line.strip() for line in config.splitlines()
              if line.strip() and not line.startswith("#") and line.split(".")[0].split("/")[-1] in ("UNet", "DiT")]
     return "; ".join(lines)[:600]
+
+
+def _check_same_network(recorded: dict | None, bound: dict | None, checkpoint, where: str) -> None:
+    """Refuse a recipe that builds the teacher's network with other arguments than it was trained with.
+
+    Weights do not show every argument (a time scale, the number of attention
+    heads): loading them into a network built differently would succeed and
+    compute another function. Dropout rates are left out (the teacher runs in
+    eval mode), and a network may say which other arguments are inert
+    (``functional_arguments``). Checkpoints that record no network (older ones)
+    are not checked.
+    """
+    if not recorded or not bound:
+        return
+    if recorded.get("name") != bound.get("name"):
+        raise UserError(f"the teacher {checkpoint} is a {recorded.get('name')}, CheckpointTeacher.network builds a "
+                        f"{bound.get('name')}", where, f"bind CheckpointTeacher.network = @{recorded.get('name')}()")
+    theirs, ours = recorded.get("kwargs") or {}, bound.get("kwargs") or {}
+    functional = getattr(get(recorded["name"]).cls, "functional_arguments", None)
+    if functional is not None:   # the network says which arguments change the function of its weights
+        theirs, ours = functional(theirs), functional(ours)
+    differ = [k for k in theirs if k in ours and "dropout" not in k and _normal(theirs[k]) != _normal(ours[k])]
+    if differ:
+        name = recorded["name"]
+        listed = "; ".join(f"{name}.{k}: trained with {theirs[k]!r}, this recipe builds {ours[k]!r}" for k in differ)
+        raise UserError(f"the teacher {checkpoint} was trained with another {name} than the recipe builds ({listed})",
+                        where, "bind " + ", ".join(f"{name}.{k} = {theirs[k]!r}" for k in differ)
+                        + " (for every network that copies the teacher's weights)")
+
+
+def _normal(value):
+    """Lists and tuples compare equal (gin reads (1, 2) and JSON gives [1, 2])."""
+    return [_normal(v) for v in value] if isinstance(value, (list, tuple)) else value
