@@ -16,7 +16,8 @@ TMP_RE = re.compile(r"^\..+\.tmp\d+(-\d+)?$")
 _counter = [0]
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where the file system cannot open folders."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some file systems do not open folders
@@ -51,7 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             pass
         raise UserError(f"cannot write {path} ({err.strerror or err})", str(path.parent),
                         "free disk space or make the folder writable, then continue with --resume") from None
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

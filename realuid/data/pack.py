@@ -195,19 +195,6 @@ def remove_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _check_out(out: Path, src: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is an existing file, not a folder", "--out", "give the path of a new folder")
@@ -251,7 +238,7 @@ def pack_images(src: str | os.PathLike, out: str | os.PathLike, resolution: int 
     import webdataset as wds
 
     import realuid
-    from realuid.io import atomic_write_text, sha256_file
+    from realuid.io import atomic_write_text, fsync_folder, sha256_file
 
     src, out = Path(src), Path(out)
     if image_format not in IMAGE_FORMATS:
@@ -338,7 +325,7 @@ def pack_images(src: str | os.PathLike, out: str | os.PathLike, resolution: int 
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             atomic_write_text(partial / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-            _fsync(partial)
+            fsync_folder(partial)
             if out.exists():   # an empty folder, or a shard folder replaced with --overwrite
                 old = out.parent / f".{out.name}.old-{os.getpid()}"
                 os.replace(out, old)
@@ -346,7 +333,7 @@ def pack_images(src: str | os.PathLike, out: str | os.PathLike, resolution: int 
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(partial, out)
-            _fsync(out.parent)
+            fsync_folder(out.parent)
         except BaseException:
             if writer is not None and not stream.closed:
                 try:
