@@ -1,8 +1,16 @@
-"""Shared test set-up: every test starts and ends with an empty gin config; ``one_thread`` on request."""
+"""Shared fixtures: an empty gin config around every test, one thread on request, the repository root as the
+working folder on request, and the CIFAR-10 smoke runs (teachers, students, an FD classifier) made once per session.
+
+Plain helpers (launchers, tiny bindings, run comparisons) are in ``helpers.py``.
+"""
+
+from __future__ import annotations
 
 import gin
 import pytest
 import torch
+
+from helpers import CIFAR_SECOND_STAGES, CIFAR_STUDENTS, GIN, ROOT, SHARDS, smoke
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +30,111 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def from_repository_root(monkeypatch):
+    """Run in the repository root: recipes include 'gin/base/...' relative to it."""
+    monkeypatch.chdir(ROOT)
+
+
+# -- a module that registers a NaN-injecting objective (for the non-finite guard) --------------------------------------
+NAN_COMPONENT = '''
+import torch
+from realuid.objectives import RealUID
+from realuid.components import register
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@register("objective")
+class NaNInjector(RealUID):
+    """Test only: RealUID whose generator loss (or its gradient) is NaN on generator updates [start, stop)."""
+
+    def __init__(self, start=0, stop=0, where="loss", **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop, self.where, self.calls = start, stop, where, 0
+
+    def generator_loss(self, fields, gen):
+        loss, logs = super().generator_loss(fields, gen)
+        self.calls += 1
+        if self.start <= self.calls - 1 < self.stop:
+            loss = loss * float("nan") if self.where == "loss" else _NaNGradient.apply(loss)
+        return loss, logs
+'''
+
+
+@pytest.fixture
+def nan_module(tmp_path):
+    """The path of a .py file registering ``NaNInjector`` (for ``--import``)."""
+    path = tmp_path / "nan_injector.py"
+    path.write_text(NAN_COMPONENT)
+    return str(path)
+
+
+# -- CIFAR-10 smoke runs, shared by the recipe, sampling, registry and teacher tests -----------------------------------
+@pytest.fixture(scope="session")
+def cifar_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def fd_classifier(cifar_workdir):
+    """A tiny, untrained FD classifier checkpoint."""
+    from realuid.metrics.classifier import CIFARClassifier, save_classifier
+
+    torch.manual_seed(0)
+    path = cifar_workdir / "fd_classifier.pt"
+    save_classifier(CIFARClassifier((8, 16)), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_teachers(cifar_workdir, fd_classifier):
+    """Smoke runs of the three teacher recipes (the FM one in bf16 with the classifier FD logged): name -> folder."""
+    from realuid.engine.runner import run
+
+    if not (SHARDS / "train-000000.tar.gz").is_file():
+        pytest.skip("no CIFAR-10 shards")
+    extra = {"fm_cifar_teacher": ["TrainingLoop.precision = 'bf16'",
+                                  "MatchingTrainer.metrics = [@ClassifierFD()]",
+                                  f"ClassifierFD.classifier_path = '{fd_classifier}'",
+                                  "ClassifierFD.reference_limit = 64", "ClassifierFD.pr_reference_size = 64"],
+             "fm_cifar_teacher_cond": [], "edm_cifar_teacher": []}
+    runs = {}
+    for name, binds in extra.items():
+        out = cifar_workdir / "runs" / name
+        run(GIN / f"{name}.gin", smoke(cifar_workdir) + binds, out=out, progress=False)
+        gin.clear_config()
+        runs[name] = out
+    return runs
+
+
+@pytest.fixture(scope="session")
+def cifar_students(cifar_workdir, cifar_teachers):
+    """Smoke runs of every CIFAR student recipe (second stages from their first stage): name -> folder."""
+    from realuid.engine.runner import run
+
+    runs = {}
+    for name, teacher in CIFAR_STUDENTS.items():
+        out = cifar_workdir / "runs" / name
+        run(GIN / f"{name}.gin", smoke(cifar_workdir) + [f"CheckpointTeacher.source = '{cifar_teachers[teacher]}'"],
+            out=out, progress=False)
+        gin.clear_config()
+        runs[name] = out
+    for name, first in CIFAR_SECOND_STAGES.items():
+        teacher = CIFAR_STUDENTS[first]
+        out = cifar_workdir / "runs" / name
+        run(GIN / f"{name}.gin", smoke(cifar_workdir) + [f"CheckpointTeacher.source = '{cifar_teachers[teacher]}'",
+                                                         f"FIRST_STAGE = '{runs[first]}'"], out=out, progress=False)
+        gin.clear_config()
+        runs[name] = out
+    return runs

@@ -1,4 +1,4 @@
-"""Couplings (issue 4): exact minibatch OT, paired degradations for bridges, their errors."""
+"""Couplings: exact minibatch OT, paired degradations for bridges, their errors."""
 
 from __future__ import annotations
 

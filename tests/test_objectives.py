@@ -1,14 +1,14 @@
-"""Objectives and distances against exact answers (DESIGN §2-4), float64 throughout.
+"""Objectives against exact answers (DESIGN §2-4), float64 throughout.
 
 * identities on the same batch: SiD(1/2) == UID, RealSiD(1, 1) == SiD, FGM == UID on FM,
-  RealUID(1, 1) == UID, general RealUID with gamma = alpha == RealUID, each also against
-  the paper's formula written out here;
+  RealUID(1, 1) == UID, each also against the paper's formula written out here;
 * DMD-KL's gradient == the gradient of the (closed-form or quadrature) KL on 1-D Gaussians;
 * Lemma 1: the UID generator gradient == grad E w ||f* - f^theta||^2 when f is the exact
   field of a Gaussian generator (and the non-squared analogue for the normalized distance);
 * the RealUM / general-RealUID fake optimum == the pointwise formula of DESIGN §3;
 * at equilibrium (generator = teacher's law, exact fake) every generator gradient is zero;
-* bad parameters raise UserErrors naming the rule.
+* bad parameters raise UserErrors naming the rule;
+* the fake step puts generated and real samples through the networks as one batch.
 
 Monte Carlo checks compare with ``4`` standard errors and are calibrated: a wrong
 answer of the same size fails the same check.
@@ -17,22 +17,21 @@ answer of the same size fails the same check.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import build_loop
+from realuid.context import RunContext
 from realuid.data.gmm import GaussianMixture
-from realuid.distances import Coefficients, NormalizedL2, SquaredL2, inner, sq_norm
-from realuid.engine.runner import build
+from realuid.distances import NormalizedL2, sq_norm
 from realuid.errors import UserError
 from realuid.objectives import DMDKL, Fields, RealUID, SiD, WithGAN
 from realuid.paths import RectifiedFlow
 from realuid.paths.base import PathSample
 from realuid.teachers.analytic import AnalyticTeacher
 
-ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
 
 
@@ -54,7 +53,7 @@ class GaussianGenerator(nn.Module):
 
 
 def exact(mixture: GaussianMixture, path, parameterization: str = "x0") -> AnalyticTeacher:
-    return AnalyticTeacher(mixture).bind(path, mixture, parameterization)
+    return AnalyticTeacher(mixture).attach(RunContext(path, parameterization, mixture))
 
 
 def draw(path, generator, n, seed, t: float | None = None, real: GaussianMixture | None = None):
@@ -97,10 +96,9 @@ def mean_and_se(values: list[torch.Tensor]):
 
 
 def trainer(tmp_path, recipe, *binds):
-    tr, _ = build(ROOT / "gin" / recipe, ["DistillationTrainer.dtype = 'float64'", "DistillationTrainer.steps = 3",
-                                          "DistillationTrainer.batch_size = 128", *binds],
-                  out=tmp_path / recipe, progress=False)
-    return tr
+    """The DistillationTrainer of a recipe in float64 (built, not run)."""
+    return build_loop(recipe, tmp_path / recipe, "TrainingLoop.dtype = 'float64'", "TrainingLoop.steps = 3",
+                      "TrainingLoop.batch_size = 128", *binds).trainer
 
 
 def generator_grad(tr, objective, gen):
@@ -120,9 +118,7 @@ def same_training(a, b, steps=2):
         all(torch.equal(p, q) for p, q in zip(a.fake.parameters(), b.fake.parameters()))
 
 
-@pytest.fixture(autouse=True)
-def _from_repository_root(monkeypatch):
-    monkeypatch.chdir(ROOT)
+pytestmark = pytest.mark.usefixtures("from_repository_root")   # tests/conftest.py
 
 
 # -- the paper's formulas, written out independently of realuid.distances ---------------------
@@ -221,31 +217,6 @@ def test_realuid_is_eq17_and_uid_at_alpha_beta_one(tmp_path):
     assert torch.allclose(formula(1.0, 1.0), torch.cat([x.flatten() for x in torch.autograd.grad(
         uid_second_form(tr.fields, gen), params, retain_graph=True)]), rtol=1e-9, atol=1e-12)
     assert not torch.allclose(formula(0.94, 0.96), formula(1.0, 1.0), rtol=1e-3)  # calibration
-
-
-def test_general_form_with_gamma_equal_alpha_is_realuid():
-    """SquaredL2's expanded (gamma != alpha) code == its regression form at c_q = c_t; gamma = alpha == RealUID."""
-    g = torch.Generator().manual_seed(0)
-    f, f_star, f_c = (torch.randn(64, 3, generator=g, dtype=F64) for _ in range(3))
-    f.requires_grad_(True)
-    d = SquaredL2()
-    for c in (Coefficients(0.94, 0.96, 0.94), Coefficients(0.06, 0.04, 0.06), Coefficients(1.0, 1.0, 1.0)):
-        # generator Phi: equal values
-        assert torch.allclose(d.expanded_generator_loss(f, f_star, f_c, c), d.generator_loss(f, f_star, f_c, c),
-                              rtol=1e-12, atol=1e-12)
-        # fake loss: equal up to an f-independent term, i.e. equal gradients in f
-        ge = torch.autograd.grad(d.expanded_fake_loss(f, f_star, f_c, c).sum(), f)[0]
-        gr = torch.autograd.grad(d.fake_loss(f, f_star, f_c, c).sum(), f)[0]
-        assert torch.allclose(ge, gr, rtol=1e-12, atol=1e-12)
-        diff = d.expanded_fake_loss(f, f_star, f_c, c) - d.fake_loss(f, f_star, f_c, c)
-        assert torch.allclose(diff, d.expanded_fake_loss(f.detach() * 0 + 1, f_star, f_c, c)
-                              - d.fake_loss(f.detach() * 0 + 1, f_star, f_c, c), rtol=1e-10, atol=1e-10)
-    # calibration: with c_q != c_t the two forms differ
-    c = Coefficients(0.8, 0.96, 0.94)
-    assert not torch.allclose(d.expanded_generator_loss(f, f_star, f_c, c),
-                              d.generator_loss(f, f_star, f_c, Coefficients(0.94, 0.96, 0.94)))
-    explicit = RealUID(0.94, 0.96, gamma=0.94)
-    assert (explicit.on_generated, explicit.on_real) == (RealUID(0.94, 0.96).on_generated, RealUID(0.94, 0.96).on_real)
 
 
 # -- DMD-KL against the KL ---------------------------------------------------------------------------
@@ -476,26 +447,6 @@ def test_generator_gradient_vanishes_at_equilibrium(name):
     assert at_equilibrium.abs().max() < 1e-6 * off.abs().max(), (at_equilibrium, off)
 
 
-# -- the adversarial term ------------------------------------------------------------------------------
-def test_gan_head_is_trained_with_the_fake_model_and_checkpointed(tmp_path):
-    tr = trainer(tmp_path, "uid_gan_fm_gmm.gin", "DistillationTrainer.warmup_steps = 0")
-    head = tr.objective.head
-    assert tr.objective.uses_real_data and any(m is head for m in tr.objective_modules)
-    before = [p.detach().clone() for p in head.parameters()]
-    logs = tr.fake_step()
-    assert "disc_loss" in logs
-    assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters()))
-    # the generator step trains the generator only; its loss has the adversarial part and leaves no head gradient
-    for p in head.parameters():
-        p.grad = None
-    after_fake = [p.detach().clone() for p in head.parameters()]
-    logs = tr.generator_step()
-    assert "gan_generator_loss" in logs
-    assert all(torch.equal(a, b) for a, b in zip(after_fake, head.parameters()))
-    assert all(p.grad is None for p in head.parameters())
-    assert {f"0.{k}" for k in head.state_dict()} <= set(tr.state_dict()["objective"])
-
-
 # -- parameter rules ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, rule", [
     (lambda: SiD(a=-0.1), "SiD.a"), (lambda: SiD(a=float("nan")), "SiD.a"),
@@ -506,7 +457,6 @@ def test_gan_head_is_trained_with_the_fake_model_and_checkpointed(tmp_path):
     (lambda: RealUID(alpha=0.9, beta=1.01), "RealUID.beta"), (lambda: RealUID(0.9, 0.9, gamma=0.0), "RealUID.gamma"),
     (lambda: RealUID(alpha=1.0, beta=0.9), "RealUID.alpha = 1 requires RealUID.beta = 1"),
     (lambda: RealUID(0.9, 0.9, gamma=1.0), "RealUID.gamma = 1 requires"),
-    (lambda: NormalizedL2(eps=0.0), "NormalizedL2.eps"),
     (lambda: WithGAN(RealUID(), OptimalDiscriminator(), lambda_D=0.0), "WithGAN.lambda_D"),
     (lambda: WithGAN(RealUID(), OptimalDiscriminator(), lambda_G=-1.0), "WithGAN.lambda_G"),
     (lambda: WithGAN("RealUID", OptimalDiscriminator()), "WithGAN.objective"),
@@ -516,6 +466,17 @@ def test_bad_parameters_name_the_rule(make, rule):
     with pytest.raises(UserError) as err:
         make()
     assert rule in err.value.message and "Fix:" in err.value.message, err.value.message
+
+
+@pytest.mark.parametrize("kwargs, rule", [
+    ({"alpha": 0.0}, "RealUID.alpha"), ({"alpha": 1.2}, "RealUID.alpha"), ({"beta": 0.0}, "RealUID.beta"),
+    ({"beta": 1.01}, "RealUID.beta"), ({"alpha": 1.0, "beta": 0.9}, "RealUID.alpha = 1 requires RealUID.beta = 1"),
+    ({"alpha": 0.9, "beta": 0.9, "gamma": 1.0}, "RealUID.gamma = 1 requires"), ({"gamma": -0.1}, "RealUID.gamma"),
+])
+def test_alpha_beta_gamma_rules_are_enforced(kwargs, rule):
+    with pytest.raises(UserError) as err:
+        RealUID(**kwargs)
+    assert rule in err.value.message and "Fix:" in err.value.message
 
 
 def test_sid_refuses_the_velocity_parameterisation(tmp_path):

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SHARDS, needs_shards
 from realuid.data.cifar import CIFAR10Shards, read_cifar10
 from realuid.errors import UserError
-
-SHARDS = Path("/work/shared/data/cifar10")
-needs_shards = pytest.mark.skipif(not (SHARDS / "train-000000.tar.gz").is_file(), reason="CIFAR-10 shards absent")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The bad-input battery (issue 8): every case through the real CLI, exit code 2, one clear paragraph, no traceback.
+"""The bad-input battery: every case through the real CLI, exit code 2, one clear paragraph, no traceback.
 
 Each case is a command line (``{tmp}`` is the test's temporary folder), the
 substrings its message must contain, and optionally a set-up that writes the
@@ -6,7 +6,7 @@ files it needs. Every ``run`` case gets ``--out {tmp}/out`` (unless it names
 its own), and that folder must not exist (or be empty) afterwards: a run that
 fails at start writes nothing.
 
-``python tests/test_bad_inputs.py`` prints the table of docs/RELIABILITY.md
+``python tests/cli/test_bad_inputs.py`` prints the table of docs/RELIABILITY.md
 (case, the message a user sees, the test id).
 """
 
@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 
 from realuid.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 R = "gin/uid_fm_gmm.gin"
-QUICK = ["-b", "DistillationTrainer.steps = 2", "-b", "DistillationTrainer.batch_size = 8",
-         "-b", "DistillationTrainer.eval_samples = 16", "--no-progress"]
+QUICK = ["-b", "TrainingLoop.steps = 2", "-b", "TrainingLoop.batch_size = 8",
+         "-b", "TrainingLoop.eval_samples = 16", "--no-progress"]
 
 
 @dataclass
@@ -116,6 +116,9 @@ CASES = [
          ["cannot import 'no_such_module_xyz'", "--import"]),
     Case("seed-not-an-integer", "CLI", ["run", R, "--seed", "abc"], ["Invalid value for '--seed'", "valid integer"],
          paragraph=False),
+    Case("seed-too-large", "CLI", ["run", R, "--seed", str(2**63)],
+         ["TrainingLoop.seed (realuid run --seed) = 9,223,372,036,854,775,808 is too large: it must be at most "
+          "4,611,686,018,427,387,904", "to an integer from 0 to 4,611,686,018,427,387,904"]),
     Case("unknown-kind", "CLI", ["list-components", "--kind", "paths"], ["unknown kind 'paths'", "use one of path, "],
          out=False),
     Case("show-unknown-component", "CLI", ["show", "RealUDI"], ["no component is called 'RealUDI'",
@@ -142,6 +145,9 @@ CASES = [
          ["a file the recipe includes cannot be opened", "gin/base/no_such_base.gin"],
          setup=write("incl.gin", "include 'gin/base/no_such_base.gin'\n"),
          note="the recipe includes a file that does not exist"),
+    Case("recipe-macro-unset", "recipe", ["run", "gin/realuid_ft_fm_gmm.gin"],
+         ["the recipe uses the macro %FIRST_STAGE, which no binding sets",
+          'bind it with --bind "FIRST_STAGE = VALUE"'], note="the second stage's recipe without FIRST_STAGE"),
     Case("recipe-leaves-required-unset", "recipe", ["run", "{tmp}/bare.gin"],
          ["the recipe leaves a required parameter unset"],
          setup=write("bare.gin", "experiment.trainer = @DistillationTrainer\n"),
@@ -170,27 +176,34 @@ CASES = [
          ["DistillationTrainer.fake_steps must be a positive integer, got 0"]),
     Case("K-not-integer", "type", binds("DistillationTrainer.fake_steps = 2.5"),
          ["DistillationTrainer.fake_steps must be a positive integer, got 2.5"]),
-    Case("batch-size-zero", "range", binds("DistillationTrainer.batch_size = 0"),
-         ["DistillationTrainer.batch_size must be a positive integer, got 0"]),
-    Case("batch-size-negative", "range", binds("DistillationTrainer.batch_size = -8"),
-         ["DistillationTrainer.batch_size must be a positive integer, got -8"]),
-    Case("steps-zero", "range", binds("DistillationTrainer.steps = 0"),
-         ["DistillationTrainer.steps must be a positive integer, got 0"]),
-    Case("steps-wrong-type", "type", binds("DistillationTrainer.steps = 'ten'"),
-         ["DistillationTrainer.steps must be a positive integer, got 'ten'"]),
+    Case("batch-size-zero", "range", binds("TrainingLoop.batch_size = 0"),
+         ["TrainingLoop.batch_size must be a positive integer, got 0",
+          "bind TrainingLoop.batch_size to an integer from 1 to 2,147,483,647"]),
+    Case("batch-size-negative", "range", binds("TrainingLoop.batch_size = -8"),
+         ["TrainingLoop.batch_size must be a positive integer, got -8"]),
+    Case("steps-zero", "range", binds("TrainingLoop.steps = 0"),
+         ["TrainingLoop.steps must be a positive integer, got 0"]),
+    Case("steps-wrong-type", "type", binds("TrainingLoop.steps = 'ten'"),
+         ["TrainingLoop.steps must be a positive integer, got 'ten'"]),
+    Case("steps-not-an-integer", "type", binds("TrainingLoop.steps = 2.5"),
+         ["TrainingLoop.steps must be a positive integer, got 2.5 (float)",
+          "bind TrainingLoop.steps to an integer from 1 to 99,999,999"]),
+    Case("steps-too-large", "range", binds("TrainingLoop.steps = 100000000"),
+         ["TrainingLoop.steps = 100,000,000 is too large: it must be at most 99,999,999",
+          "Where: the value bound to TrainingLoop.steps"]),
     Case("adam-beta-above-one", "range", binds("DistillationTrainer.betas = (1.5, 0.999)"),
          ["DistillationTrainer.betas[0] = 1.5 breaks the rule 0.0 <= DistillationTrainer.betas[0] < 1.0"]),
     Case("ema-decay-one", "range", binds("DistillationTrainer.ema_decay = 1.0"),
          ["DistillationTrainer.ema_decay = 1.0 breaks the rule"]),
     Case("warmup-negative", "range", binds("DistillationTrainer.warmup_steps = -5"),
          ["DistillationTrainer.warmup_steps must be an integer >= 0, got -5"]),
-    Case("checkpoint-every-zero", "range", binds("DistillationTrainer.checkpoint_every = 0"),
-         ["DistillationTrainer.checkpoint_every must be a positive integer, got 0"]),
+    Case("checkpoint-every-zero", "range", binds("TrainingLoop.checkpoint_every = 0"),
+         ["TrainingLoop.checkpoint_every must be a positive integer, got 0"]),
     Case("unknown-lr-decay", "value", binds("DistillationTrainer.lr_decay = 'exp'"),
          ["unknown lr decay 'exp'", "'constant', 'cosine', 'linear'"]),
-    Case("unknown-dtype", "value", binds("DistillationTrainer.dtype = 'float16'"),
+    Case("unknown-dtype", "value", binds("TrainingLoop.dtype = 'float16'"),
          ["unknown dtype 'float16'", "'float32', 'float64'"]),
-    Case("unknown-device", "value", binds("DistillationTrainer.device = 'tpu'"),
+    Case("unknown-device", "value", binds("TrainingLoop.device = 'tpu'"),
          ["'tpu' is not a device", "'auto', 'cpu' or 'cuda[:i]'"]),
     Case("unknown-parameterization", "value", binds("DistillationTrainer.parameterization = 'velocityy'"),
          ["does not support the parameterisation 'velocityy'", "velocity, x0, epsilon, score"]),
@@ -277,7 +290,8 @@ CASES = [
          ["--nfe must be a positive integer", "got 0", "Where: --nfe"], out=False,
          note=NO_MODEL + "; before the FID / FD networks either"),
     Case("eval-nfe-binding-zero", "NFE", [*TEACHER, "-b", "MatchingTrainer.eval_nfe = 0"],
-         ["MatchingTrainer.eval_nfe must be a positive integer, got 0", "MatchingTrainer.eval_nfe to an integer >= 1"]),
+         ["MatchingTrainer.eval_nfe must be a positive integer, got 0",
+          "bind MatchingTrainer.eval_nfe to an integer from 1 to 100,000"]),
     Case("eval-nfe-binding-not-an-integer", "NFE", [*TEACHER, "-b", "MatchingTrainer.eval_nfe = 2.5"],
          ["MatchingTrainer.eval_nfe must be a positive integer, got 2.5"]),
 ]
@@ -295,7 +309,7 @@ def invoke(case: Case, tmp: Path, debug: bool = False):
     return result
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "from_repository_root")   # tests/conftest.py
 
 
 def test_the_battery_is_large_and_ids_are_unique():
@@ -331,7 +345,14 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "RealUID has no parameter 'alfa'" in debug.stderr
 
 
-@pytest.mark.parametrize("case_id", ["unknown-component", "teacher-dimension-mismatch", "out-under-a-file"])
+# in a real process: two cases in the everyday loop (a binding, a count), every other one with the slow tests
+REAL_PROCESS = ["unknown-component", "seed-too-large"] + [
+    pytest.param(case_id, marks=pytest.mark.slow) for case_id in
+    ("teacher-dimension-mismatch", "out-under-a-file", "steps-too-large", "steps-not-an-integer", "batch-size-zero",
+     "recipe-macro-unset")]
+
+
+@pytest.mark.parametrize("case_id", REAL_PROCESS)
 def test_real_process_exit_code_and_stderr(case_id, tmp_path):
     """The installed entry point, not only CliRunner: exit status 2, one paragraph on stderr, nothing on stdout."""
     case = next(c for c in CASES if c.id == case_id)
@@ -344,7 +365,10 @@ def test_real_process_exit_code_and_stderr(case_id, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr and proc.stdout == ""
-    assert case.expect[0].replace("{tmp}", str(tmp_path)) in proc.stderr
+    message = " ".join(proc.stderr.split())   # the console wraps long lines
+    for expected in case.expect:
+        assert expected.replace("{tmp}", str(tmp_path)) in message, (expected, proc.stderr)
+    assert " Where: " in message and " Fix: " in message, proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -384,7 +408,7 @@ def markdown_table() -> str:
         setup = f" ({case.note})" if case.note else ""
         message = message.replace("|", "\\|")
         lines.append(f"| {i} | {case.area} | `{args}`{setup} | {result.exit_code} | {message} | "
-                     f"`tests/test_bad_inputs.py::test_bad_input[{case.id}]` |")
+                     f"`tests/cli/test_bad_inputs.py::test_bad_input[{case.id}]` |")
     return "\n".join(lines)
 
 

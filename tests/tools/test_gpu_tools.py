@@ -1,4 +1,4 @@
-"""The CIFAR-10 GPU tools (issue 7): their arithmetic, and their whole logic on CPU with smoke settings."""
+"""The CIFAR-10 GPU tools: their arithmetic, and their whole logic on CPU with smoke settings."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import typer
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, SHARDS, needs_shards
+
 sys.path.insert(0, str(ROOT / "tools"))
-SHARDS = Path(os.environ.get("REALUID_CIFAR10") or "/work/shared/data/cifar10")
-needs_shards = pytest.mark.skipif(not (SHARDS / "train-000000.tar.gz").is_file(), reason="no CIFAR-10 shards")
 
 import convergence_cifar  # noqa: E402
 
@@ -39,6 +37,7 @@ def test_speedup_times_every_run_to_uids_final_fd_by_one_rule():
     assert runs["UID"]["speedup_in_steps"] == 1.0
 
 
+@pytest.mark.slow
 @needs_shards
 def test_speedrun_runs_every_phase_and_reports_the_goal(tmp_path):
     env = {**os.environ, "REALUID_CIFAR10": str(SHARDS), "PYTHONPATH": str(ROOT)}
@@ -65,6 +64,7 @@ def test_ddp_throughput_counts_the_warm_part_and_every_update():
     assert bench_ddp.images_per_second(rows[:1], 64, 6) is None   # one row: no interval to time
 
 
+@pytest.mark.slow
 def test_ddp_benchmark_runs_one_and_two_processes_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "tools/bench_ddp.py", "--smoke", "--out", str(tmp_path / "d")], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
