@@ -84,11 +84,11 @@ def time_grid(path: MatchingPath, steps: int, grid: str = "auto", device="cpu", 
 
 def _time_is_noise_level(path: MatchingPath) -> bool:
     """True for paths with ``a_t = 1, b_t = t`` (EDM: the time is sigma)."""
-    schedule = getattr(path, "schedule", None)
-    if schedule is None:
+    coefficients = getattr(path, "coefficients", None)
+    if coefficients is None:
         return False
     t = torch.tensor([0.5, 2.0], dtype=torch.float64)
-    s = schedule(t)
+    s = coefficients(t)
     return bool(torch.allclose(torch.as_tensor(s.a, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
                 and torch.allclose(torch.as_tensor(s.b, dtype=torch.float64), t))
 
