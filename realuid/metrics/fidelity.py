@@ -35,14 +35,17 @@ class UInt8Images(torch.utils.data.Dataset):
 INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
-def inception_weights_path(path: str | None, where: str = "TorchFidelityFID.inception_weights") -> Path:
-    """The weights file to use (``path``, else ``$REALUID_INCEPTION_WEIGHTS``); a UserError if there is none."""
+def inception_weights_path(path: str | None, where: str = "TorchFidelityFID.inception_weights",
+                           stand_in: bool = True) -> Path:
+    """The weights file to use (``path``, else ``$REALUID_INCEPTION_WEIGHTS``); a UserError if there is none.
+
+    ``stand_in``: the fix also names the ClassifierFD metric (not where an Inception FID is what was asked for).
+    """
     path = path or os.environ.get(WEIGHTS_ENV)
     fix = (f"download {INCEPTION_WEIGHTS_URL} on a machine with internet access, copy the file "
            f"{INCEPTION_WEIGHTS_NAME} (expected sha256 {INCEPTION_WEIGHTS_SHA256}) here, and pass it with "
            f"--inception-weights PATH (or bind TorchFidelityFID.inception_weights = 'PATH', or set "
-           f"{WEIGHTS_ENV}=PATH); "
-           "without network access use the ClassifierFD metric instead")
+           f"{WEIGHTS_ENV}=PATH)" + ("; without network access use the ClassifierFD metric instead" if stand_in else ""))
     if not path:
         raise UserError("FID/IS and Inception statistics need the Inception-v3 weights file and none was given "
                         "(realuid never downloads it: a download without network access hangs)", where, fix)
@@ -51,13 +54,19 @@ def inception_weights_path(path: str | None, where: str = "TorchFidelityFID.ince
     return Path(path)
 
 
-def inception_extractor(weights: Path, device: torch.device | str = "cpu", where: str = "--inception-weights"):
-    """torch-fidelity's FID feature extractor ('inception-v3-compat', the 2048-d pool features) from a local file.
+#: the FID features: torch-fidelity's Inception-v3 pool layer
+INCEPTION_DIM = 2048
+
+
+def inception_extractor(weights: Path, device: torch.device | str = "cpu", where: str = "--inception-weights",
+                        layers: tuple[str, ...] = ("2048",)):
+    """torch-fidelity's FID feature extractor ('inception-v3-compat') from a local file, returning ``layers``.
 
     The same network, input check (uint8 [B, 3, H, W]) and TF-1.x-compatible
     bilinear resize to 299 x 299 that ``torch_fidelity.calculate_metrics`` uses
-    for FID. A file whose sha256 differs from :data:`INCEPTION_WEIGHTS_SHA256`
-    is used with a warning.
+    for FID ("2048", the pool features) and IS ("logits_unbiased"). A file
+    whose sha256 differs from :data:`INCEPTION_WEIGHTS_SHA256` is used with a
+    warning.
     """
     from realuid.errors import warn
     from realuid.io import sha256_file
@@ -72,7 +81,7 @@ def inception_extractor(weights: Path, device: torch.device | str = "cpu", where
         warn(f"{weights} has sha256 {digest[:12]}..., not the {INCEPTION_WEIGHTS_SHA256[:12]}... reported for "
              f"{INCEPTION_WEIGHTS_NAME}: statistics made with it may not match published ones")
     try:
-        extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+        extractor = FeatureExtractorInceptionV3("inception-v3-compat", list(layers),
                                                 feature_extractor_weights_path=str(weights))
     except Exception as err:   # not a state dict, wrong keys or shapes
         raise UserError(f"the Inception weights file {weights} cannot be loaded ({type(err).__name__}: "
@@ -80,16 +89,23 @@ def inception_extractor(weights: Path, device: torch.device | str = "cpu", where
     return extractor.to(device).eval()
 
 
-def inception_features(batches, weights: Path, device: torch.device | str = "cpu", progress=None) -> torch.Tensor:
-    """float32 [N, 2048] Inception pool features of uint8 image batches [B, 3, H, W] (any H, W)."""
-    extractor = inception_extractor(weights, device)
-    features = []
+def extractor_outputs(extractor, batches, device: torch.device | str = "cpu", progress=None) -> tuple:
+    """One float32 CPU tensor [N, dim] per layer of ``extractor`` over uint8 image batches [B, 3, H, W]."""
+    outputs = None
     with torch.no_grad():
         for batch in batches:
-            features.append(extractor(batch.to(device))[0].float().cpu())
+            result = [o.float().cpu() for o in extractor(batch.to(device))]
+            outputs = [[o] for o in result] if outputs is None else [a + [o] for a, o in zip(outputs, result)]
             if progress is not None:
                 progress(len(batch))
-    return torch.cat(features)
+    if outputs is None:
+        raise ValueError("no images to extract features from")
+    return tuple(torch.cat(o) for o in outputs)
+
+
+def inception_features(batches, weights: Path, device: torch.device | str = "cpu", progress=None) -> torch.Tensor:
+    """float32 [N, 2048] Inception pool features of uint8 image batches [B, 3, H, W] (any H, W)."""
+    return extractor_outputs(inception_extractor(weights, device), batches, device, progress)[0]
 
 
 def feature_statistics(features: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +177,7 @@ class TorchFidelityFID(Metric):
         self.inception_score, self.cache_root = inception_score, cache_root
         self._reference: UInt8Images | None = None
         self._reference_name = ""
+        self._extractor = None
 
     def attach(self, context: RunContext) -> "TorchFidelityFID":
         """Check the run's data: RGB images, CIFAR-shaped unless ``reference_stats`` is given; the shard folder."""
@@ -217,18 +234,36 @@ class TorchFidelityFID(Metric):
         return result
 
     def _against_file(self, images: torch.Tensor, torch_fidelity) -> dict[str, float]:
-        """FID against ``reference_stats`` (features of the samples by the same extractor), IS by torch-fidelity."""
+        """FID against ``reference_stats`` and IS, from one pass of the extractor over the samples.
+
+        The pool features ("2048") give the FID; the IS is torch-fidelity's own
+        formula (``isc_features_to_metric``, its default 10 splits, shuffle and
+        seed) on its IS layer ("logits_unbiased") of the same pass.
+        """
+        from torch_fidelity.defaults import DEFAULTS
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        from torch_fidelity.metric_isc import isc_features_to_metric
+
         from realuid.metrics.frechet import frechet_distance_to_file
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        batches = (images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size))
-        features = inception_features(batches, self.weights, device)
-        result = {"fid": frechet_distance_to_file(features, self.reference_stats)}
+        layers = (str(INCEPTION_DIM),)
         if self.inception_score:
-            scores = torch_fidelity.calculate_metrics(input1=UInt8Images(images), isc=True,
-                                                      feature_extractor_weights_path=str(self.weights),
-                                                      cuda=torch.cuda.is_available(), batch_size=self.batch_size,
-                                                      verbose=False)
+            layers += (FeatureExtractorInceptionV3.get_default_feature_layer_for_metric("isc"),)
+        if self._extractor is None or self._extractor[0] != layers:   # built once, kept for the next call
+            self._extractor = (layers, inception_extractor(self.weights, device, "TorchFidelityFID.inception_weights",
+                                                           layers))
+        batches = (images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size))
+        outputs = extractor_outputs(self._extractor[1], batches, device)
+        result = {"fid": frechet_distance_to_file(outputs[0], self.reference_stats)}
+        if self.inception_score:
+            if len(images) < DEFAULTS["isc_splits"]:
+                from realuid.errors import warn
+
+                warn(f"the Inception Score of {len(images)} samples is NaN: torch-fidelity splits the samples into "
+                     f"{DEFAULTS['isc_splits']} parts (give --num {DEFAULTS['isc_splits']} or more)")
+            scores = isc_features_to_metric(outputs[1], DEFAULTS["isc_splits"], DEFAULTS["samples_shuffle"],
+                                            DEFAULTS["rng_seed"])
             result.update({"is": float(scores[torch_fidelity.KEY_METRIC_ISC_MEAN]),
                            "is_std": float(scores[torch_fidelity.KEY_METRIC_ISC_STD])})
         return result
