@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from realuid.data.base import Batch, DataSource
-from realuid.data.shards import to_unit_range
+from realuid.data.shards import copies_on, to_unit_range
 from realuid.errors import UserError
 from realuid.components import register
 
@@ -255,10 +255,7 @@ class CIFAR10Shards(DataSource):
         self.generator.manual_seed(seed)
 
     def _arrays_on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        key = str(torch.device(device))
-        if key not in self._on_device:
-            self._on_device[key] = (self.images.to(device), self.labels.to(device))
-        return self._on_device[key]
+        return copies_on(self._on_device, device, self.images, self.labels)
 
     def next_batch(self, n: int, device: torch.device | str = "cpu") -> Batch:
         index = torch.randint(len(self.images), (n,), generator=self.generator)

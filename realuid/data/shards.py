@@ -518,6 +518,14 @@ class ShardReader:
             pass
 
 
+def copies_on(cache: dict, device: torch.device | str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` moved to ``device`` once and kept in ``cache`` (keyed by device): batches index them there."""
+    key = str(torch.device(device))
+    if key not in cache:
+        cache[key] = tuple(t.to(device) for t in tensors)
+    return cache[key]
+
+
 def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 pixels {0..255} -> float in [-1, 1]: ``x / 127.5 - 1``."""
     return images_uint8.float() / 127.5 - 1.0
@@ -646,10 +654,7 @@ class ImageShards(DataSource):
         self.order.seed(seed)
 
     def _arrays_on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        key = str(torch.device(device))
-        if key not in self._on_device:
-            self._on_device[key] = (self.images.to(device), self.labels.to(device))
-        return self._on_device[key]
+        return copies_on(self._on_device, device, self.images, self.labels)
 
     def _drop_prefetch(self) -> None:
         if self._prefetch is not None:
