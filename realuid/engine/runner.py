@@ -235,10 +235,12 @@ def run(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[
     folder = Path(meta["out"])
     existed = folder.is_dir()
     main_process = int(os.environ.get("RANK", "0")) == 0   # under torchrun rank 0 alone writes files
+    if resume:   # a checkpoint that does not fit the config is refused before the run folder is touched
+        loop.resume()
     if main_process:
         write_run_files(meta, recipe, binds, overwrite, resume)
     try:
-        loop.fit(resume=resume)
+        loop.fit()
     except BaseException as err:
         if main_process and not resume and not checkpoints(folder / "checkpoints"):
             _remove_run_files(folder, keep_folder=existed)
