@@ -180,7 +180,9 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+        # the time embedding in float32 at least (bf16 inputs), float64 in a float64 run
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        t = torch.as_tensor(t, dtype=dtype, device=x.device).reshape(-1).expand(batch)
         c = self.time_embedding(t)
         if self.label_embedding is None and cond is not None:
             raise UserError("DiT was given class labels but is unconditional (num_classes = 0)",
