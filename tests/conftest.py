@@ -18,7 +18,7 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import CIFAR_SECOND_STAGES, CIFAR_STUDENTS, GIN, ROOT, SHARDS, smoke
+from helpers import CIFAR_SECOND_STAGES, CIFAR_STUDENTS, GIN, ROOT, SHARDS, single_thread, smoke
 
 
 @pytest.fixture(autouse=True)
@@ -34,10 +34,8 @@ def one_thread():
 
     Used by a module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ Imported as ``helpers`` (``pythonpath = ["tests"]`` in pyproject.toml); fixtures
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +27,17 @@ TINY = ["TrainingLoop.batch_size = 32", "DistillationTrainer.fake_steps = 2", "D
         "DistillationTrainer.lr_decay = 'constant'", "TrainingLoop.eval_every = 10",
         "TrainingLoop.eval_samples = 128", "TrainingLoop.checkpoint_every = 10", "TrainingLoop.keep_checkpoints = 3",
         "MLP.hidden = 16"]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread for tiny models (as fast, and immune to a busy machine); the old count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def bind_args(*binds: str) -> list[str]:

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from helpers import single_thread
 from realuid.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,16 +51,12 @@ def assert_user_error(code: int, stderr: str, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def gmm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gmm_cli")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         code, out, err = cli("run", ROOT / "gin" / "realuid_fm_gmm.gin", "--out", tmp / "run", "--no-progress",
                              *[a for b in GMM for a in ("-b", b)])
         assert code == 0, err
         code, out, err = cli("export", tmp / "run", "--out", tmp / "export")
         assert code == 0, err
-    finally:
-        torch.set_num_threads(threads)
     assert "wrote" in out and "realuid.load_generator" in " ".join(out.split())
     return tmp
 

@@ -19,9 +19,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import single_thread
 from realuid.engine.runner import run
 from realuid.errors import UserError
 from realuid.models.export import CONFIG_FILE, WEIGHTS_FILE, export_run, load_generator, load_teacher, read_config
@@ -82,13 +84,9 @@ def trainer_noise(loop, n: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def gmm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gmm")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         loop = run(ROOT / "gin" / "realuid_fm_gmm.gin", GMM, out=tmp / "run", progress=False)
         export_run(tmp / "run", tmp / "export")
-    finally:
-        torch.set_num_threads(threads)
     return loop, tmp
 
 
