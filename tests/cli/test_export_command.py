@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner

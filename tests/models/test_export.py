@@ -19,7 +19,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import torch
 from safetensors.torch import load_file, save_file
 
