@@ -31,8 +31,10 @@ from torch import nn
 
 from realuid.errors import UserError, check, warn
 
-#: how long a collective may wait for a rank before the process group gives up (a dead rank ends the run)
-TIMEOUT = datetime.timedelta(seconds=60)
+#: how long a collective may wait for a rank before the process group gives up. Long enough for rank 0 to
+#: compute an evaluation's metrics (an Inception FID of 50k samples) while the others wait; a rank that dies
+#: is noticed sooner by torchrun, which stops the others at once.
+TIMEOUT = datetime.timedelta(minutes=30)
 
 
 class Distributed:
