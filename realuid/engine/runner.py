@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -133,6 +134,25 @@ def _recorded_file(name: str, given: Sequence[str], run_json: Path) -> str:
                     + ("; or resume from the folder the run was started in" if relative else ""))
 
 
+def _check_binds_take_effect(binds: Sequence[str], config_text: str) -> None:
+    """Refuse an unscoped ``--bind Name.param = v`` on resume when the run's config binds ``scope/Name.param``.
+
+    gin gives the scoped binding precedence inside its scope, so the new value
+    would be silently ignored there (e.g. ``MLP.hidden`` against the saved
+    ``generator/MLP.hidden``).
+    """
+    for bind in binds:
+        key = bind.split("=", 1)[0].strip()
+        if "=" not in bind or "/" in key or "." not in key:
+            continue
+        scoped = sorted(set(re.findall(rf"^\s*([\w./]+)/{re.escape(key)}\s*=", config_text, re.M)))
+        if scoped:
+            names = ", ".join(f"{scope}/{key}" for scope in scoped)
+            raise UserError(f"--bind {bind!r} would not take effect: the run's config.gin binds {names}, which "
+                            "takes precedence in its scope", "--bind (with --resume)",
+                            f"bind the scoped name instead, e.g. --bind '{scoped[0]}/{bind.strip()}'")
+
+
 def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[str] = (),
           out: Path | str | None = None, seed: int | None = None, resume: bool = False, overwrite: bool = False,
           progress: bool = True):
@@ -165,7 +185,9 @@ def build(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequenc
                             "drop --seed when resuming (the run's own seed is used)")
         seed = saved_seed
         import_modules(imports)
-        parse_recipe(None, binds, config_text=(out / "config.gin").read_text())
+        config_text = (out / "config.gin").read_text()
+        _check_binds_take_effect(binds, config_text)
+        parse_recipe(None, binds, config_text=config_text)
     else:
         seed = 0 if seed is None else seed
         if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
