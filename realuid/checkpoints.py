@@ -118,3 +118,19 @@ def latest_good(folder: Path, map_location="cpu") -> tuple[Path, dict] | None:
             warn(f"falling back to the previous good checkpoint {path}")
         return path, state
     return None
+
+
+def first_mismatch(expected: dict, given: dict) -> tuple[str, str] | None:
+    """The first way a state dict ``given`` does not fit ``expected`` (a module's state dict), or None.
+
+    ``("missing", name)`` or ``("shape", name)`` for the first of ``expected``'s
+    tensors that is absent or shaped otherwise, then ``("extra", name)`` for the
+    first tensor ``expected`` lacks. Callers word the error for their own files.
+    """
+    for name, tensor in expected.items():
+        if name not in given:
+            return "missing", name
+        if tuple(given[name].shape) != tuple(tensor.shape):
+            return "shape", name
+    extra = [name for name in given if name not in expected]
+    return ("extra", extra[0]) if extra else None

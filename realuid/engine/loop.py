@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from realuid.checkpoints import latest_good, save_checkpoint
+from realuid.checkpoints import first_mismatch, latest_good, save_checkpoint
 from realuid.components import register
 from realuid.devices import COMPILE_MODES, DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
 from realuid.engine.distributed import Distributed
@@ -461,18 +461,18 @@ class TrainingLoop:
 def check_fits(module: nn.Module, state: dict, what: str, where: str) -> None:
     """A UserError naming the first tensor of ``state`` whose name or shape differs from ``module``'s."""
     own = module.state_dict()
-    for name, tensor in own.items():
-        if name not in state:
-            raise UserError(f"{what} has no tensor {name!r} (it has {len(state)} tensors, this run's model "
-                            f"{len(own)})", where, "use the architecture the checkpoint was written with")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UserError(f"{what} does not fit: its {name} has shape {tuple(state[name].shape)}, this run's "
-                            f"model has {tuple(tensor.shape)}", where,
-                            "use the architecture the checkpoint was written with")
-    extra = [name for name in state if name not in own]
-    if extra:
-        raise UserError(f"{what} has tensors this run's model lacks (first: {extra[0]!r})", where,
-                        "use the architecture the checkpoint was written with")
+    found = first_mismatch(own, state)
+    if found is None:
+        return
+    kind, name = found
+    fix = "use the architecture the checkpoint was written with"
+    if kind == "missing":
+        raise UserError(f"{what} has no tensor {name!r} (it has {len(state)} tensors, this run's model "
+                        f"{len(own)})", where, fix)
+    if kind == "shape":
+        raise UserError(f"{what} does not fit: its {name} has shape {tuple(state[name].shape)}, this run's "
+                        f"model has {tuple(own[name].shape)}", where, fix)
+    raise UserError(f"{what} has tensors this run's model lacks (first: {name!r})", where, fix)
 
 
 def _config_text() -> str:

@@ -358,22 +358,25 @@ def torchcfm_to_unet(sd: dict, network: nn.Module, new_attention_order: bool = F
 
 def check_fits(network: nn.Module, sd: dict, where: str, fix: str, source_names: dict | None = None) -> None:
     """A UserError naming the first missing, unexpected or differently shaped tensor (with both shapes)."""
+    from realuid.checkpoints import first_mismatch
+
     expected = network.state_dict()
     source_names = source_names or {}
 
     def label(name):
         return f"{name} (from {source_names[name]})" if name in source_names else name
 
-    for name, tensor in expected.items():
-        if name not in sd:
-            raise UserError(f"the weights lack {name} {list(tensor.shape)}, which the network has", where, fix)
-        if tuple(sd[name].shape) != tuple(tensor.shape):
-            raise UserError(f"the first tensor that differs is {label(name)}: {list(sd[name].shape)} in the weights, "
-                            f"{list(tensor.shape)} in the network", where, fix)
-    for name in sd:
-        if name not in expected:
-            raise UserError(f"the weights hold {label(name)} {list(sd[name].shape)}, which the network does not have",
-                            where, fix)
+    found = first_mismatch(expected, sd)
+    if found is None:
+        return
+    kind, name = found
+    if kind == "missing":
+        raise UserError(f"the weights lack {name} {list(expected[name].shape)}, which the network has", where, fix)
+    if kind == "shape":
+        raise UserError(f"the first tensor that differs is {label(name)}: {list(sd[name].shape)} in the weights, "
+                        f"{list(expected[name].shape)} in the network", where, fix)
+    raise UserError(f"the weights hold {label(name)} {list(sd[name].shape)}, which the network does not have",
+                    where, fix)
 
 
 # -- the run folder --------------------------------------------------------------------------------------------------
