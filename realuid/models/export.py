@@ -83,11 +83,8 @@ class ExportedGenerator(nn.Module):
 
     def __init__(self, generator: nn.Module, path, config: dict):
         super().__init__()
-        self.generator, self.path, self.config = generator, path, config
-        self.shape = tuple(config["shape"])
-        self.num_classes = int(config.get("num_classes") or 0)
-        self.condition = config.get("condition")
-        self.parameterization = config["parameterization"]
+        self.generator = generator
+        _describe_from(self, path, config)
 
     def forward(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         return self.generator(z, labels)
@@ -101,11 +98,8 @@ class ExportedField(nn.Module):
 
     def __init__(self, field: nn.Module, path, config: dict):
         super().__init__()
-        self.field, self.path, self.config = field, path, config
-        self.shape = tuple(config["shape"])
-        self.num_classes = int(config.get("num_classes") or 0)
-        self.condition = config.get("condition")
-        self.parameterization = config["parameterization"]
+        self.field = field
+        _describe_from(self, path, config)
 
     def forward(self, x_t: torch.Tensor, t, labels=None) -> torch.Tensor:
         if not torch.is_tensor(t) or t.ndim == 0:
@@ -114,6 +108,15 @@ class ExportedField(nn.Module):
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
+def _describe_from(model: nn.Module, path, config: dict) -> None:
+    """What every exported model says about itself: path, config, shape, classes, condition, parameterisation."""
+    model.path, model.config = path, config
+    model.shape = tuple(config["shape"])
+    model.num_classes = int(config.get("num_classes") or 0)
+    model.condition = config.get("condition")
+    model.parameterization = config["parameterization"]
+
+
 def is_export_folder(path) -> bool:
     """A folder that holds config.json or model.safetensors and is not a run folder."""
     path = Path(path)
