@@ -315,26 +315,38 @@ class WithGAN(Objective):
     Discriminator (non-saturating logistic GAN on path samples, real and
     generated sharing ``x1`` and ``t``), added to the fake model's loss:
 
-        lambda_D E [ softplus(-D(x_t*, t)) + softplus(D(x_t, t)) ]
+        lambda_D E [ softplus(-D(x_t*, t)) + softplus(D(sg(x_t), t)) ]
 
     Generator, added to the wrapped objective's generator loss:
 
         lambda_G E softplus(-D(x_t, t))        (gradient through x_t = path(G(z)))
 
     The head is returned by :meth:`trainable_modules`, so the trainer optimises
-    and checkpoints it with the fake model. The paper's UID+GAN baseline
-    (DESIGN §4) puts the head on the fake network's features (the U-Net
-    encoder, as DMD2 does), so that the fake network's encoder is shared by
-    the matching and the adversarial losses; here the head is a separate
-    network reading ``(x_t, t)`` directly (``MLPDiscriminator`` for vector
-    data), which makes the term usable with any fake model at the price of
-    not sharing features. It always needs real data.
+    and checkpoints it with the fake model. Two kinds of head:
+
+    - a head that reads ``(x_t, t)`` itself (``MLPDiscriminator`` for vector
+      data): ``D = head(x_t, network_time(t), cond)``, usable with any fake model;
+    - a head with ``reads_fake_network = True`` (``UNetDiscriminator``, the
+      paper's UID+GAN baseline, DMD2-style): ``D = head(x_t, network_time(t),
+      cond, fake=F)`` with ``F`` the fake field's backbone, whose encoder
+      features the head reads. The fake network's encoder is then shared by the
+      matching and the adversarial losses: in the fake-model update the loss
+      above trains the head *and* the fake network (matching + lambda_D
+      discriminator gradients; under data parallelism it is all one forward of
+      the DDP-wrapped fake side, ``FakeModelLoss``); in the generator update the
+      trainer freezes the fake network and this objective freezes the head, so
+      ``d/dtheta`` of the adversarial term reaches the generator only, through
+      ``x_t``.
+
+    The features read ``x_t`` at the network time without a path's input
+    preconditioning (none for flow matching). It always needs real data.
 
     Args:
         objective: the wrapped objective (UID, RealUID, SiD, ...).
-        head: discriminator network ``head(x_t, network_time(t), cond) -> [B]`` logits.
-        lambda_G: weight of the generator's adversarial term, >= 0.
-        lambda_D: weight of the discriminator loss in the fake model's loss, > 0.
+        head: discriminator network ``head(x_t, network_time(t), cond) -> [B]`` logits (with ``fake=`` when it
+            reads the fake network).
+        lambda_G: weight of the generator's adversarial term, >= 0 (the paper's baseline: 0.3).
+        lambda_D: weight of the discriminator loss in the fake model's loss, > 0 (the paper's baseline: 1).
     """
 
     name = "WithGAN"
@@ -357,7 +369,11 @@ class WithGAN(Objective):
         return self.objective.trainable_modules() + [self.head]
 
     def _logits(self, fields: Fields, s: PathSample) -> torch.Tensor:
-        out = self.head(s.x_t, fields.path.network_time(s.t), s.cond)
+        if getattr(self.head, "reads_fake_network", False):
+            network = getattr(fields.fake, "network", fields.fake)   # the backbone of the fake NetworkField
+            out = self.head(s.x_t, fields.path.network_time(s.t), s.cond, fake=network)
+        else:
+            out = self.head(s.x_t, fields.path.network_time(s.t), s.cond)
         return out.reshape(out.shape[0])
 
     def fake_loss(self, fields, gen, real):
@@ -374,7 +390,7 @@ class WithGAN(Objective):
         loss, logs = self.objective.generator_loss(fields, gen)
         params = list(self.head.parameters())
         flags = [p.requires_grad for p in params]
-        for p in params:  # gradients reach x_t only; the head is the fake side's
+        for p in params:  # gradients reach x_t only; the head (and the fake network: the trainer) is the fake side's
             p.requires_grad_(False)
         try:
             adversarial = F.softplus(-self._logits(fields, gen)).mean()

@@ -276,7 +276,21 @@ class UNet(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def bottleneck_channels(self) -> int:
+        """Channels of :meth:`features` (the width of the last level)."""
+        return self.middle[0].conv_in.out_channels
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The encoder's bottleneck activation at ``(x, t, cond)``: stem, encoder stages and the middle block.
+
+        ``[B, C_last, R / 2^(L-1), R / 2^(L-1)]`` (``C_last = model_channels * channel_mult[-1]``, ``L`` levels).
+        The same modules :meth:`forward` runs before its decoder, so a head on these features shares the
+        encoder's weights (a discriminator on the fake network's features, DMD2-style: ``UNetDiscriminator``).
+        """
+        return self._encode(x, t, cond)[0]
+
+    def _encode(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None):
+        """(bottleneck activation, kept encoder activations, embedding) of ``(x, t, cond)``."""
         batch = x.shape[0]
         # the time embedding in float32 at least (bf16 inputs), float64 in a float64 run
         dtype = torch.promote_types(x.dtype, torch.float32)
@@ -293,7 +307,10 @@ class UNet(nn.Module):
         for stage in self.encoder:
             h = stage(h, emb)
             skips.append(h)
-        h = self.middle(h, emb)
+        return self.middle(h, emb), skips, emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h, skips, emb = self._encode(x, t, cond)
         for stage in self.decoder:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
         return self.head(h)
