@@ -1,4 +1,4 @@
-"""A trained teacher: the EMA network of a teacher-training run, loaded from a run folder, checkpoint or registry."""
+"""A trained teacher: the EMA network of a teacher-training run, from a run folder, checkpoint, registry name or export."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from realuid.context import RunContext
 from realuid.checkpoints import load_checkpoint
 from realuid.errors import warn
-from realuid.models.export import network_spec
+from realuid.models.export import WEIGHTS_FILE, is_export_folder, load_weights, network_spec, read_config
 from realuid.models.loading import ema_weights
 from realuid.models.registry import resolve_source
 from realuid.errors import UserError
@@ -23,7 +23,7 @@ from realuid.sampling import guided
 
 @register("teacher")
 class CheckpointTeacher(nn.Module):
-    """Trained teacher f* from a MatchingTrainer checkpoint (EMA weights, weights_only=True), by run, file or registry name.
+    """Trained teacher f* from a MatchingTrainer checkpoint (EMA weights, weights_only=True) or a teacher export.
 
     ``f*(x_t, t, c) = path.apply_network(network, x_t, t, c)`` read in the
     parameterisation the teacher was trained in (recorded in its checkpoint),
@@ -33,8 +33,11 @@ class CheckpointTeacher(nn.Module):
     configuration, so teacher, generator and fake model agree and
     ``generator_init = 'teacher'`` can copy the weights).
 
-    ``source`` is looked up as: an existing run folder or ``.pt`` file; a run
-    folder ``<search folder>/<source>``; ``registry/<source>.toml``. When none
+    ``source`` is looked up as: an existing export folder (``realuid export
+    TEACHER_RUN --out DIR``, float32 or bfloat16 weights, cast to the network's
+    dtype; its config.json stands for the checkpoint's record of path, shape,
+    classes, parameterisation and network); an existing run folder or ``.pt``
+    file; a run folder ``<search folder>/<source>``; ``registry/<source>.toml``. When none
     exists the error prints the command that trains it
     (``realuid run <recipe> <train_flags> --out <first search folder>/<source>``)
     and the one that imports a published checkpoint instead
@@ -44,7 +47,7 @@ class CheckpointTeacher(nn.Module):
 
     Args:
         network: the backbone (same architecture as the trained one).
-        source: run folder, checkpoint file, or name.
+        source: export folder, run folder, checkpoint file, or name.
         recipe: the recipe that trains this teacher (for the error message); a relative path is
             looked up from the working folder, then from the realuid checkout.
         search: folders in which ``source`` may name a run folder.
@@ -74,6 +77,9 @@ class CheckpointTeacher(nn.Module):
         where = f"CheckpointTeacher.source = {source!r}"
         out = f"{search[0]}/{source}" if search else f"runs/{source}"
         hint = " ".join(part for part in ("realuid run", recipe, train_flags, "--out", out) if part)
+        if is_export_folder(source):
+            self._load_export(Path(source), where)
+            return
         missing = _missing(source, tuple(search))
         if missing and train_missing:
             _train(recipe, train_flags, out, hint, where)
@@ -105,6 +111,27 @@ class CheckpointTeacher(nn.Module):
                             f"CheckpointTeacher.network ({str(err).splitlines()[0][:200]})", where,
                             "bind the architecture the teacher was trained with" +
                             (f"; its run used: {trained}" if trained else "")) from None
+
+    def _load_export(self, folder: Path, where: str) -> None:
+        """The weights of a teacher export folder; its config.json gives what a checkpoint's meta would."""
+        config = read_config(folder, where)
+        if config["kind"] != "teacher":
+            raise UserError(f"the export folder {folder} holds a one-step student, not a teacher", where,
+                            "point CheckpointTeacher.source at a teacher's export (`realuid export TEACHER_RUN --out "
+                            "DIR`) or its run folder")
+        path_name = config["path"]["name"]
+        try:
+            path_name = get(path_name).cls.__name__
+        except UserError:
+            pass   # an unknown path: attach() names it against the recipe's
+        self.checkpoint = folder / WEIGHTS_FILE
+        self.meta = {"kind": "teacher", "path": path_name, "shape": config["shape"],
+                     "num_classes": int(config.get("num_classes") or 0), "network": config["backbone"],
+                     "parameterization": config["parameterization"]}
+        self.parameterization = config["parameterization"]
+        _check_same_network(config["backbone"], network_spec("CheckpointTeacher"), self.checkpoint, where)
+        load_weights(folder, self.network, config, "network",
+                     f"the {type(self.network).__name__} bound to CheckpointTeacher.network")
 
     def attach(self, context: RunContext) -> "CheckpointTeacher":
         """Check that the student's path and data match the teacher's; attach the path."""
