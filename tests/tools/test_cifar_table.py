@@ -1,0 +1,115 @@
+"""tools/cifar_table.py: the smoke path end to end on CPU (teacher, two cells, the table), the deadline, bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from helpers import ROOT, SHARDS, needs_shards
+
+sys.path.insert(0, str(ROOT / "tools"))
+
+import cifar_table  # noqa: E402
+
+ENV = {**os.environ, "REALUID_CIFAR10": str(SHARDS), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "tools/cifar_table.py", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_table(tmp_path_factory):
+    """``teacher --smoke`` then ``cell teacher-nfe1 uid --smoke`` in one work folder."""
+    work = tmp_path_factory.mktemp("table")
+    teacher = tool("teacher", "--smoke", "--work", str(work))
+    cells = tool("cell", "teacher-nfe1", "uid", "--smoke", "--work", str(work))
+    return work, teacher, cells
+
+
+@needs_shards
+def test_the_smoke_table_runs_end_to_end(smoke_table):
+    work, teacher, cells = smoke_table
+    assert teacher.returncode == 0, teacher.stdout[-3000:] + teacher.stderr[-3000:]
+    assert cells.returncode == 0, cells.stdout[-3000:] + cells.stderr[-3000:]
+    config = json.loads((work / "teacher_export" / "config.json").read_text())
+    assert config["kind"] == "teacher" and config["weights_dtype"] == "bfloat16"
+    data = json.loads((work / "cifar_table.json").read_text())
+    assert data["teacher"]["weights_sha256"] == config["weights_sha256"]
+    records = {r["cell"]: r for r in data["cells"]}
+    assert set(records) == {"teacher-nfe1", "uid"} and all(r["rc"] == 0 and r["seed"] == 0 for r in records.values())
+    uid = records["uid"]
+    assert uid["fd_classifier"] >= 0 and uid["steps"] > 0 and uid["train_wall_s"] > 0
+    assert uid["curve"] and all({"step", "wall_time", "fd"} <= set(c) for c in uid["curve"])
+    assert uid["teacher"]["weights_sha256"] == config["weights_sha256"]
+    assert any("realuid run gin/uid_fm_cifar.gin" in c and str(work / "teacher_export") in c for c in uid["commands"])
+    assert any("realuid eval" in c and "--nfe 1" in c for c in records["teacher-nfe1"]["commands"])
+    assert "uid" in cells.stdout and "teacher-nfe1" in cells.stdout   # the table so far is printed
+
+    table = tool("table", "--results", str(work / "cifar_table.json"), "--markdown")
+    assert table.returncode == 0, table.stderr
+    assert "| uid | 1 | 0 |" in table.stdout and "not run yet: teacher-nfe2" in table.stdout.replace("\n", " ")
+    assert (work / "cifar_table.png").stat().st_size > 10000
+
+
+@needs_shards
+def test_cells_in_the_results_are_skipped_and_the_deadline_stops_before_a_cell(smoke_table):
+    work = smoke_table[0]
+    again = tool("cell", "uid", "realuid-0.92-0.94", "--smoke", "--work", str(work), "--deadline", "5")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    out = " ".join(again.stdout.split())
+    assert "uid seed 0: in" in out and "already" in out
+    assert "stopping before realuid-0.92-0.94 seed 0" in out and "not run: realuid-0.92-0.94 --seed 0" in out
+    assert {r["cell"] for r in json.loads((work / "cifar_table.json").read_text())["cells"]} == {"teacher-nfe1", "uid"}
+
+
+def test_cell_names_parse_and_unknown_ones_list_the_cells():
+    assert cifar_table.parse_cell("uid-gan").recipe == "gin/uid_gan_fm_cifar.gin"
+    assert cifar_table.parse_cell("teacher-nfe100").nfe == 100
+    assert cifar_table.parse_cell("realuid-0.9-0.95").method == ("RealUID.alpha = 0.9", "RealUID.beta = 0.95")
+    assert cifar_table.parse_cell("realuid-0.94-0.94").is_first_stage
+    assert not cifar_table.parse_cell("realuid-ft").is_first_stage
+    for bad in ("uid_gan", "realuid-1.2-0.9", "teacher-nfe3", "realuid-a-b"):
+        with pytest.raises(typer.BadParameter, match="unknown cell .*cells are teacher-nfe1"):
+            cifar_table.parse_cell(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cell", "nonsense"], "unknown cell 'nonsense'"),
+    (["cell", "uid", "--seconds", "0"], "--seconds 0.0 is below"),
+    (["cell", "uid", "--device", "tpu"], "--device 'tpu' is not auto, cuda or cpu"),
+    (["cell", "uid", "--inception-weights", "/nonexistent.pth"], "does not exist"),
+    (["table", "--results", "/nonexistent/x.json"], "run `python tools/cifar_table.py cell"),
+])
+def test_bad_options_say_what_and_how_to_fix(args, message, tmp_path):
+    result = CliRunner().invoke(cifar_table.app, [*args, "--work", str(tmp_path)] if args[0] == "cell" else args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
+
+
+def test_a_cell_without_a_teacher_export_names_the_command_that_makes_it(tmp_path):
+    result = CliRunner().invoke(cifar_table.app, ["cell", "uid", "--work", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "cifar_table.py teacher" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_fine_tuning_starts_from_the_best_first_stage_and_the_table_averages_seeds():
+    def rec(cell, seed, fd):
+        return {"cell": cell, "seed": seed, "rc": 0, "fd_classifier": fd, "label": cell, "nfe": 1, "steps": 10 * fd,
+                "train_wall_s": 5.0, "seconds": 5.0, "teacher": {"weights_sha256": "a"}}
+
+    data = {"cells": [rec("realuid-0.92-0.94", 0, 4.0), rec("realuid-0.92-0.94", 1, 6.0),
+                      rec("realuid-0.94-0.96", 0, 4.5), {**rec("realuid-0.96-0.94", 0, 1.0), "rc": 1}, rec("uid", 0, 0.5)]}
+    assert cifar_table.best_first_stage(data) == ("realuid-0.94-0.96", 4.5)   # failed records and UID do not count
+    rows = {r["cell"]: r for r in cifar_table.summarise(data)}
+    assert rows["realuid-0.92-0.94"]["fd_classifier"] == 5.0
+    assert rows["realuid-0.92-0.94"]["fd_classifier_std"] == pytest.approx(2 ** 0.5)
+    assert rows["realuid-0.94-0.96"]["fd_classifier_std"] is None
+    assert "realuid-0.96-0.94" not in rows   # only failed seeds: not a row

@@ -1,0 +1,615 @@
+"""The paper's CIFAR-10 table in miniature: one kept teacher, the same GPU time per run, several seeds.
+
+One teacher (a flow-matching U-Net, 6.5M parameters, ``tools/cifar_phases.SMALL_UNET``) is trained once
+and kept as a bfloat16 export (``realuid export --dtype bfloat16``: 13 MB, small enough to travel back from
+a GPU machine); every cell of the table distils or evaluates that same export. A cell is one row of the
+table run with one seed:
+
+=====================  ==========================================================================
+cell                   what
+=====================  ==========================================================================
+teacher-nfe1/2/10/100  the teacher's ODE (Heun; NFE 1 is one Euler step), evaluation only
+uid                    UID (``gin/uid_fm_cifar.gin``), alpha = beta = 1
+realuid-A-B            RealUID (``gin/realuid_fm_cifar.gin``) at (alpha, beta) = (A, B); the table has
+                       (0.92, 0.94), (0.94, 0.96), (0.96, 0.94) and (0.94, 0.94) (beta = alpha control)
+uid-gan                UID + GAN, the paper's baseline (``gin/uid_gan_fm_cifar.gin``): a discriminator
+                       head on the fake U-Net's encoder features, lambda_G = 0.3, lambda_D = 1
+realuid-ft             RealUID fine-tuning (``gin/realuid_ft_fm_cifar.gin``, (0.92, 0.86), lr / 10, fake
+                       model from the teacher) of the best first-stage RealUID cell found in the results
+                       (lowest mean FD), from that cell's generator of the same seed
+=====================  ==========================================================================
+
+Every distillation trains for ``--seconds`` of training time (``TrainingLoop.time_limit``: evaluations
+and checkpoints are not counted), logging the classifier FD of ``--curve-samples`` EMA samples every
+``--eval-every`` generator steps; then ``realuid eval`` gives the classifier FD (and precision, recall)
+of ``--samples`` samples, and the Inception FID (torch-fidelity) when ``--inception-weights`` is given.
+Each cell appends one JSON record (its exact commands, steps, wall times, the FD curve, the final
+metrics, the teacher export's sha256) to ``--results``; ``table`` prints mean +- standard deviation over
+seeds per cell and draws FD against generator steps and against training wall time (one figure, two
+panels; teacher cells as horizontal lines).
+
+    python tools/cifar_table.py teacher --seconds 480                          # once, on the GPU machine
+    python tools/cifar_table.py cell uid realuid-0.92-0.94 --seed 0 --seed 1 --seconds 150 --deadline 540
+    python tools/cifar_table.py table
+    python tools/cifar_table.py teacher --smoke && python tools/cifar_table.py cell uid --smoke   # CPU, tests
+
+``cell`` runs its cells (each for each ``--seed``) in order, skips those already in the results (unless
+``--redo``), and stops cleanly before a cell whose expected duration (its earlier records', or a default
+from ``--seconds`` and ``--samples``) would run past ``--deadline`` seconds after the command started, so
+that a machine's call limit never kills a cell half-way. The first-stage RealUID cells keep their EMA
+generator in bfloat16 (``WORK/generators/CELL-sSEED/``, a checkpoint file ``realuid-ft`` starts from).
+
+Classifier FD is the Frechet distance in the features of the project's own CIFAR-10 classifier
+(``tools/train_fd_classifier.py``, trained into ``--classifier`` when missing): comparable across the
+cells of one table, not with published FIDs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cifar_phases import (NEVER, ROOT, SMALL_UNET, SMOKE_EVAL, Phases, binds, ensure_classifier, read_metrics,
+                          realuid, training_binds)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+TEACHER_NFES = (1, 2, 10, 100)
+REALUID_POINTS = ((0.92, 0.94), (0.94, 0.96), (0.96, 0.94), (0.94, 0.94))
+FT_POINT = (0.92, 0.86)   # gin/realuid_ft_fm_cifar.gin's (alpha_FT, beta_FT), the paper's unconditional choice
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the table: a teacher evaluation (``nfe``) or a distillation (``recipe`` + ``method``)."""
+
+    name: str
+    label: str
+    nfe: int | None = None
+    recipe: str | None = None
+    method: tuple[str, ...] = ()
+    alpha: float | None = None
+    beta: float | None = None
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.nfe is not None
+
+    @property
+    def is_first_stage(self) -> bool:
+        """A RealUID run whose generator a fine-tuning cell may start from."""
+        return self.name.startswith("realuid-") and self.name != "realuid-ft"
+
+
+def _realuid_cell(alpha: float, beta: float) -> Cell:
+    return Cell(f"realuid-{alpha:g}-{beta:g}", f"RealUID ({alpha:g}, {beta:g})", recipe="gin/realuid_fm_cifar.gin",
+                method=(f"RealUID.alpha = {alpha}", f"RealUID.beta = {beta}"), alpha=alpha, beta=beta)
+
+
+CELLS: dict[str, Cell] = {c.name: c for c in [
+    *(Cell(f"teacher-nfe{n}", f"teacher, NFE {n}", nfe=n) for n in TEACHER_NFES),
+    Cell("uid", "UID", recipe="gin/uid_fm_cifar.gin", alpha=1.0, beta=1.0),
+    *(_realuid_cell(a, b) for a, b in REALUID_POINTS),
+    Cell("uid-gan", "UID + GAN (head on the fake encoder)", recipe="gin/uid_gan_fm_cifar.gin", alpha=1.0, beta=1.0),
+    Cell("realuid-ft", f"RealUID + fine-tuning ({FT_POINT[0]:g}, {FT_POINT[1]:g})",
+         recipe="gin/realuid_ft_fm_cifar.gin", alpha=FT_POINT[0], beta=FT_POINT[1]),
+]}
+
+
+def parse_cell(name: str) -> Cell:
+    """The cell called ``name``: a listed one, or any ``realuid-ALPHA-BETA`` (0 < ALPHA, BETA <= 1)."""
+    if name in CELLS:
+        return CELLS[name]
+    if name.startswith("realuid-") and name.count("-") == 2:
+        try:
+            alpha, beta = (float(v) for v in name.split("-")[1:])
+        except ValueError:
+            alpha = beta = math.nan
+        if 0 < alpha < 1 and 0 < beta <= 1:
+            return _realuid_cell(alpha, beta)
+    raise typer.BadParameter(f"unknown cell {name!r}; cells are {', '.join(CELLS)} (or realuid-ALPHA-BETA with "
+                             "0 < ALPHA < 1, 0 < BETA <= 1)", param_hint="CELLS")
+
+
+# -- settings shared by the commands -----------------------------------------------------------------------------
+@dataclass
+class Setup:
+    smoke: bool
+    work: Path
+    teacher: Path
+    classifier: Path
+    results: Path
+    device: str
+    precision: str
+    batch: int
+
+    @property
+    def smoke_flags(self) -> list[str]:
+        return ["--smoke"] if self.smoke else []
+
+    @property
+    def unet(self) -> list[str]:
+        return [] if self.smoke else list(SMALL_UNET)
+
+    @property
+    def loader(self) -> list[str]:
+        return ["CIFAR10Shards.num_workers = 1"] if self.smoke else []   # after training_binds' 8
+
+
+def setup(smoke: bool, work: Optional[Path], teacher: Optional[Path], classifier: Optional[Path],
+          results: Optional[Path], device: str, precision: Optional[str], batch: Optional[int]) -> Setup:
+    import torch
+
+    work = work or ROOT / ("runs/cifar_table_smoke" if smoke else "runs/cifar_table")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise typer.BadParameter(f"--device {device!r} is not auto, cuda or cpu", param_hint="--device")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("--device cuda but torch sees no GPU", param_hint="--device")
+    precision = precision or ("fp32" if smoke else "bf16")
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r} is not fp32 or bf16", param_hint="--precision")
+    batch = batch or (8 if smoke else 256)
+    if batch < 1:
+        raise typer.BadParameter(f"--batch {batch} is not >= 1", param_hint="--batch")
+    return Setup(smoke, work, teacher or work / "teacher_export", classifier or work / "fd_classifier.pt",
+                 results or (work / "cifar_table.json" if smoke else ROOT / "docs/results/cifar_table.json"),
+                 device, precision, batch)
+
+
+def read_results(path: Path) -> dict:
+    if not path.is_file():
+        return {"cells": []}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise typer.BadParameter(f"{path} is not valid JSON ({err}); restore it or give another --results",
+                                 param_hint="--results") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        raise typer.BadParameter(f"{path} is not a results file of this tool (no \"cells\" list); give another "
+                                 "--results", param_hint="--results")
+    return data
+
+
+def write_results(path: Path, data: dict) -> None:
+    from realuid.io import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def teacher_record(export: Path) -> dict:
+    """What identifies the teacher export every cell used: path, sha256 of its weights, its training steps."""
+    from realuid.models.export import read_config
+
+    config = read_config(export, "--teacher")
+    metrics = (config.get("training") or {}).get("metrics") or {}
+    return {"export": str(export), "weights_sha256": config.get("weights_sha256"),
+            "weights_dtype": config.get("weights_dtype"), "steps": (config.get("training") or {}).get("step"),
+            "wall_time": metrics.get("wall_time")}
+
+
+# -- teacher -------------------------------------------------------------------------------------------------------
+@app.command()
+def teacher(seconds: float = typer.Option(480, help="teacher training time (s; evaluations not counted)"),
+            lr: float = typer.Option(5e-4, help="teacher learning rate (200-step warm-up, EMA 0.999)"),
+            classifier_epochs: int = typer.Option(8, help="epochs of the FD classifier when it is trained"),
+            overwrite: bool = typer.Option(False, "--overwrite", help="train again when the export exists"),
+            smoke: bool = typer.Option(False, help="seconds-long, tiny, on CPU (tests)"),
+            work: Optional[Path] = typer.Option(None, help="work folder (runs/cifar_table)"),
+            export: Optional[Path] = typer.Option(None, "--teacher", help="the export to write (WORK/teacher_export)"),
+            classifier: Optional[Path] = typer.Option(None, help="FD classifier (WORK/fd_classifier.pt)"),
+            results: Optional[Path] = typer.Option(None, help="results JSON (docs/results/cifar_table.json)"),
+            device: str = "auto", precision: Optional[str] = None, batch: Optional[int] = None):
+    """Train the flow-matching teacher for --seconds and export it in bfloat16; train the FD classifier."""
+    s = setup(smoke, work, export, classifier, results, device, precision, batch)
+    if smoke:
+        seconds, classifier_epochs = min(seconds, 6.0), 1
+    if seconds <= 0:
+        raise typer.BadParameter(f"--seconds {seconds} is not > 0", param_hint="--seconds")
+    data = read_results(s.results)
+    phases = Phases(s.work / "log.txt")
+    if (s.teacher / "config.json").is_file() and not overwrite:
+        console.print(f"the teacher export {s.teacher} exists: kept (--overwrite trains a new one)")
+    else:
+        run_dir = s.work / "teacher_run"
+        ok = phases.run("teacher", realuid(
+            "run", "gin/fm_cifar_teacher.gin", *s.smoke_flags, "--out", str(run_dir), "--overwrite", "--no-progress",
+            *binds(s.unet + training_binds("MatchingTrainer", device=s.device, precision=s.precision, batch=s.batch,
+                                           seconds=seconds, eval_every=NEVER, eval_samples=8 if smoke else 1000,
+                                           cache=s.work / "cache", classifier=None, compile_=False) + s.loader),
+            *binds([f"MatchingTrainer.lr = {lr}", f"MatchingTrainer.warmup_steps = {0 if smoke else 200}",
+                    "MatchingTrainer.ema_decay = 0.999", f"MatchingTrainer.eval_nfe = {2 if smoke else 20}"])))
+        ok = ok and phases.run("export", realuid("export", str(run_dir), "--out", str(s.teacher), "--dtype",
+                                                 "bfloat16", "--overwrite"))
+        if not ok:
+            raise SystemExit(f"training or exporting the teacher failed (see {phases.log})")
+        rows = read_metrics(run_dir)
+        data["teacher"] = {**teacher_record(s.teacher), "seconds": seconds, "lr": lr, "device": device_name(s.device),
+                           "commands": [r["command"] for r in phases.records],
+                           "train_rate_steps_per_s": rows[-1]["step"] / rows[-1]["wall_time"] if rows else None}
+        write_results(s.results, data)
+        console.print(f"teacher: {data['teacher']['steps']} steps in {seconds:g} s; export {s.teacher} "
+                      f"({(s.teacher / 'model.safetensors').stat().st_size / 2**20:.1f} MiB, bfloat16)")
+    clf = ensure_classifier(phases, s.classifier, classifier_epochs, s.device, smoke)
+    if clf is None:
+        raise SystemExit(f"training the FD classifier {s.classifier} failed (see {phases.log})")
+    console.print(f"FD classifier: {clf}")
+
+
+# -- cells ---------------------------------------------------------------------------------------------------------
+def record_key(record: dict) -> tuple[str, int]:
+    return record["cell"], int(record["seed"])
+
+
+def done(data: dict) -> dict[tuple[str, int], dict]:
+    """The successful records by (cell, seed)."""
+    return {record_key(r): r for r in data["cells"] if r.get("rc") == 0}
+
+
+def expected_seconds(cell: Cell, data: dict, seconds: float, samples: int, inception: bool) -> float:
+    """How long ``cell`` will take: the longest earlier record of it, else a default from the budget."""
+    earlier = [r["cell_seconds"] for r in data["cells"] if r["cell"] == cell.name and r.get("cell_seconds")]
+    if earlier:
+        return max(earlier)
+    evaluation = 20 + (40 if inception else 0) * samples / 10000
+    if cell.is_teacher:
+        return evaluation + cell.nfe * samples / 15000   # about 150 images/s at NFE 100 with 6.5M parameters
+    return seconds + 60 + evaluation                        # start, data, in-run evaluations, checkpoint
+
+
+def best_first_stage(data: dict) -> tuple[str, float] | None:
+    """(cell, mean FD over its seeds) of the first-stage RealUID cell with the lowest mean final FD."""
+    by_cell: dict[str, list[float]] = {}
+    for r in done(data).values():
+        if parse_cell(r["cell"]).is_first_stage and r.get("fd_classifier") is not None:
+            by_cell.setdefault(r["cell"], []).append(r["fd_classifier"])
+    if not by_cell:
+        return None
+    name = min(by_cell, key=lambda c: statistics.fmean(by_cell[c]))
+    return name, statistics.fmean(by_cell[name])
+
+
+def kept_generator(work: Path, cell: str, seed: int) -> Path:
+    return work / "generators" / f"{cell}-s{seed}"
+
+
+def keep_generator(run_dir: Path, folder: Path) -> Path:
+    """The run's EMA generator in bfloat16 as a checkpoint file of its own (what generator_checkpoint loads)."""
+    import shutil
+
+    import torch
+
+    from realuid.checkpoints import latest_good, save_checkpoint
+
+    found = latest_good(run_dir / "checkpoints")
+    if found is None:
+        raise RuntimeError(f"{run_dir} has no checkpoint to keep the generator of")
+    _, state = found
+    ema = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state["ema"].items()
+           if k.startswith("model.")}
+    shutil.rmtree(folder, ignore_errors=True)
+    return save_checkpoint(folder, int(state["step"]), {"ema": ema, "step": state["step"], "meta": state.get("meta")},
+                           keep=1)
+
+
+def eval_argv(source: Path, out: Path, s: Setup, clf: Path, samples: int, seed: int, nfe: int | None,
+              inception_weights: Optional[Path]) -> list[str]:
+    argv = realuid("eval", str(source), "--fd-classifier", str(clf), "--num", str(samples), "--seed", str(seed),
+                   "--batch-size", "64" if s.smoke else "1000", "--device", s.device, "--precision", s.precision,
+                   "--json", str(out.with_suffix(".json")), "--grid", str(out.with_suffix(".png")),
+                   *(SMOKE_EVAL if s.smoke else ()))
+    argv += ["--inception-weights", str(inception_weights), "--no-is"] if inception_weights else ["--no-fid"]
+    if nfe is not None:
+        argv += ["--nfe", str(nfe), "--solver", "heun"]
+    return argv
+
+
+def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds: float, samples: int,
+             curve_samples: int, eval_every: int, lr: float, fake_steps: int, warmup: int,
+             inception_weights: Optional[Path]) -> dict:
+    """Run one cell with one seed; its record (rc != 0 and "error" when a phase failed)."""
+    name = f"{cell.name}-s{seed}"
+    phases = Phases(s.work / "logs" / f"{name}.txt")
+    started = time.perf_counter()
+    record: dict = {"cell": cell.name, "label": cell.label, "seed": seed, "nfe": cell.nfe or 1,
+                    "alpha": cell.alpha, "beta": cell.beta, "teacher": teacher_record(s.teacher),
+                    "device": device_name(s.device), "precision": s.precision, "batch": s.batch,
+                    "samples": samples, "smoke": s.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    evaluation = s.work / "eval" / name
+    evaluation.parent.mkdir(parents=True, exist_ok=True)
+    source = s.teacher
+    if cell.is_teacher:
+        record.update(steps=record["teacher"]["steps"], train_wall_s=record["teacher"]["wall_time"], curve=[])
+    else:
+        record.update(seconds=seconds, lr=lr, fake_steps=fake_steps, warmup=warmup, eval_every=eval_every,
+                      curve_samples=curve_samples)
+        method, offset = list(cell.method), {"steps": 0, "wall_time": 0.0}
+        if cell.name == "realuid-ft":
+            best = best_first_stage(data)
+            if best is None:
+                return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
+                        f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)} first"}
+            first = done(data).get((best[0], seed))
+            kept = kept_generator(s.work, best[0], seed)
+            files = sorted(kept.glob("step_*.pt")) if kept.is_dir() else []
+            if first is None or not files:
+                return {**record, "rc": 1, "error": f"the best first stage is {best[0]}, and its seed-{seed} "
+                        f"generator ({kept}) is missing: run `cell {best[0]} --seed {seed}` with this --work first, "
+                        "or copy the generators/ folder of the allotment that ran it into WORK"}
+            method += [f"FIRST_STAGE = '{files[-1]}'", f"DistillationTrainer.warmup_steps = 0"]
+            lr = lr / 10
+            offset = {"steps": first["steps"], "wall_time": first["train_wall_s"]}
+            record.update(first_stage=best[0], first_stage_fd=first["fd_classifier"], lr=lr, offset=offset)
+        else:
+            method.append(f"DistillationTrainer.warmup_steps = {warmup}")
+        run_dir = s.work / "runs" / name
+        source = run_dir
+        reference = ["ClassifierFD.reference_limit = 256", "ClassifierFD.pr_reference_size = 256"] if s.smoke else []
+        ok = phases.run("train", realuid(
+            "run", cell.recipe, *s.smoke_flags, "--out", str(run_dir), "--overwrite", "--no-progress", "--seed",
+            str(seed),
+            *binds(s.unet + training_binds("DistillationTrainer", device=s.device, precision=s.precision,
+                                           batch=s.batch, seconds=seconds, eval_every=eval_every,
+                                           eval_samples=curve_samples, cache=s.work / "cache", classifier=clf,
+                                           compile_=False) + s.loader),
+            *binds([f"CheckpointTeacher.source = '{s.teacher}'", f"DistillationTrainer.lr_generator = {lr}",
+                    f"DistillationTrainer.lr_fake = {lr}", f"DistillationTrainer.fake_steps = {fake_steps}",
+                    *reference, *method])))
+        rows = read_metrics(run_dir)
+        record["curve"] = [{"step": r["step"], "wall_time": r["wall_time"], "fd": r["fd_classifier"]}
+                           for r in rows if "fd_classifier" in r]
+        record.update(steps=rows[-1]["step"] if rows else None, train_wall_s=rows[-1]["wall_time"] if rows else None,
+                      last_logs={k: v for k, v in (rows[-1] if rows else {}).items() if isinstance(v, (int, float))
+                                 and math.isfinite(v)})
+        if not ok:
+            return {**record, "rc": 1, "commands": [r["command"] for r in phases.records],
+                    "error": f"training failed (see {phases.log})", "cell_seconds": time.perf_counter() - started}
+        if cell.is_first_stage:
+            record["generator"] = str(keep_generator(run_dir, kept_generator(s.work, cell.name, seed)))
+    ok = phases.run("eval", eval_argv(source, evaluation, s, clf, samples, seed, cell.nfe, inception_weights))
+    record["commands"] = [r["command"] for r in phases.records]
+    record["cell_seconds"] = round(time.perf_counter() - started, 2)
+    result = evaluation.with_suffix(".json")
+    if not ok or not result.is_file():
+        return {**record, "rc": 1, "error": f"evaluation failed (see {phases.log})"}
+    info = json.loads(result.read_text())
+    metrics = info.get("metrics", {})
+    record.update(rc=0, fd_classifier=metrics.get("fd_classifier"),
+                  precision_classifier=metrics.get("precision_classifier"),
+                  recall_classifier=metrics.get("recall_classifier"), fid=metrics.get("fid"),
+                  images_per_s=info.get("images_per_s"), grid=str(evaluation.with_suffix(".png")))
+    return record
+
+
+@app.command()
+def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " + ", ".join(CELLS)),
+         seed: List[int] = typer.Option([0], "--seed", help="seed (repeat for several: --seed 0 --seed 1)"),
+         seconds: float = typer.Option(150, help="training time of every distillation (s; evaluations not counted)"),
+         samples: int = typer.Option(10000, help="samples of the final classifier FD (and FID)"),
+         curve_samples: int = typer.Option(2000, help="samples of each in-run FD evaluation (the curves)"),
+         eval_every: int = typer.Option(50, help="generator steps between in-run FD evaluations"),
+         lr: float = typer.Option(1e-4, help="generator and fake-model lr (fine-tuning: lr / 10, no warm-up)"),
+         fake_steps: int = typer.Option(5, help="fake-model steps per generator step (K)"),
+         warmup: int = typer.Option(50, help="lr warm-up steps of a first stage"),
+         deadline: float = typer.Option(0, help="stop before a cell that would end later than this many seconds "
+                                                "after the start (0: no deadline)"),
+         redo: bool = typer.Option(False, "--redo", help="run cells already in the results again (replacing them)"),
+         inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID (torch-"
+                                                                     "fidelity) of each cell"),
+         classifier_epochs: int = typer.Option(8, help="epochs of the FD classifier when it is trained"),
+         smoke: bool = typer.Option(False, help="seconds-long, tiny, on CPU (tests)"),
+         work: Optional[Path] = typer.Option(None, help="work folder (runs/cifar_table)"),
+         export: Optional[Path] = typer.Option(None, "--teacher", help="teacher export (WORK/teacher_export)"),
+         classifier: Optional[Path] = typer.Option(None, help="FD classifier (WORK/fd_classifier.pt)"),
+         results: Optional[Path] = typer.Option(None, help="results JSON (docs/results/cifar_table.json)"),
+         device: str = "auto", precision: Optional[str] = None, batch: Optional[int] = None):
+    """Run cells of the table (each with each --seed) from the kept teacher; append one record per cell."""
+    started = time.perf_counter()
+    chosen = [parse_cell(c) for c in cells]
+    for value, hint, low in ((seconds, "--seconds", 1e-9), (samples, "--samples", 2), (curve_samples,
+                             "--curve-samples", 2), (eval_every, "--eval-every", 1), (fake_steps, "--fake-steps", 1),
+                             (lr, "--lr", 1e-12), (deadline, "--deadline", 0), (warmup, "--warmup", 0)):
+        if value < low:
+            raise typer.BadParameter(f"{hint} {value} is below {low:g}", param_hint=hint)
+    if inception_weights is not None and not inception_weights.is_file():
+        raise typer.BadParameter(f"the Inception weights file {inception_weights} does not exist; give the file "
+                                 "torch-fidelity reads (weights-inception-2015-12-05-6726825d.pth) or drop the option",
+                                 param_hint="--inception-weights")
+    s = setup(smoke, work, export, classifier, results, device, precision, batch)
+    if smoke:
+        seconds, samples, curve_samples, eval_every, classifier_epochs = min(seconds, 6.0), 64, 32, 2, 1
+    if not (s.teacher / "config.json").is_file():
+        raise typer.BadParameter(f"no teacher export at {s.teacher}: train it with `python tools/cifar_table.py "
+                                 f"teacher{' --smoke' if smoke else ''}` (or give --teacher)", param_hint="--teacher")
+    data = read_results(s.results)
+    clf = ensure_classifier(Phases(s.work / "log.txt"), s.classifier, classifier_epochs, s.device, smoke)
+    if clf is None:
+        raise SystemExit(f"training the FD classifier {s.classifier} failed (see {s.work / 'log.txt'})")
+    todo = [(c, sd) for c in chosen for sd in seed]
+    for i, (c, sd) in enumerate(todo):
+        if (c.name, sd) in done(data) and not redo:
+            console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd}: in {s.results} already (--redo runs it again)")
+            continue
+        elapsed = time.perf_counter() - started
+        need = expected_seconds(c, data, seconds, samples, inception_weights is not None)
+        if deadline and elapsed + need > deadline:
+            left = [f"{x.name} --seed {y}" for x, y in todo[i:] if (x.name, y) not in done(data) or redo]
+            console.print(f"stopping before {c.name} seed {sd}: it takes about {need:.0f} s and {deadline - elapsed:.0f}"
+                          f" s are left before the deadline; not run: {'; '.join(left)}")
+            break
+        console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd} (about {need:.0f} s; {elapsed:.0f} s elapsed)")
+        record = run_cell(c, sd, s, clf, data, seconds=seconds, samples=samples, curve_samples=curve_samples,
+                          eval_every=eval_every, lr=lr, fake_steps=fake_steps, warmup=warmup,
+                          inception_weights=inception_weights)
+        data["cells"] = [r for r in data["cells"] if record_key(r) != (c.name, sd)] + [record]
+        write_results(s.results, data)
+        if record["rc"] != 0:
+            console.print(f"[red]{c.name} seed {sd} failed[/]: {record['error']}")
+        else:
+            fd = record["fd_classifier"]
+            console.print(f"{c.name} seed {sd}: classifier FD {fd:.3f}, {record['steps']} steps, "
+                          f"{record['cell_seconds']:.0f} s in all")
+    print_table(data, s.results)
+    failed = [r for r in data["cells"] if r.get("rc") != 0 and r["cell"] in {c.name for c in chosen}]
+    if failed:
+        raise SystemExit(1)
+
+
+@app.command("first-stage")
+def first_stage(results: Path = typer.Option(ROOT / "docs/results/cifar_table.json", help="results JSON")):
+    """Print the best first-stage RealUID cell of the results (nothing when there is none)."""
+    best = best_first_stage(read_results(results))
+    if best is not None:
+        print(best[0])
+
+
+# -- table and figure ----------------------------------------------------------------------------------------------
+def spread(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample standard deviation with ddof = 1; None for one value)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(data: dict) -> list[dict]:
+    """One row per cell (in the table's order, then others): mean and spread over its successful seeds."""
+    by_cell: dict[str, list[dict]] = {}
+    for r in sorted(done(data).values(), key=lambda r: r["seed"]):
+        by_cell.setdefault(r["cell"], []).append(r)
+    order = [c for c in CELLS if c in by_cell] + sorted(c for c in by_cell if c not in CELLS)
+    rows = []
+    for name in order:
+        records = by_cell[name]
+        row = {"cell": name, "label": records[0]["label"], "nfe": records[0]["nfe"],
+               "seeds": [r["seed"] for r in records], "failed_seeds": sorted(
+                   r["seed"] for r in data["cells"] if r["cell"] == name and r.get("rc") != 0)}
+        for key in ("fd_classifier", "precision_classifier", "recall_classifier", "fid", "steps", "train_wall_s",
+                    "images_per_s"):
+            row[key], row[key + "_std"] = spread([r.get(key) for r in records])
+        row["seconds"] = sorted({r.get("seconds") for r in records if r.get("seconds") is not None})
+        row["first_stage"] = sorted({r["first_stage"] for r in records if r.get("first_stage")})
+        rows.append(row)
+    return rows
+
+
+def fmt(mean, std, digits: int = 2) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if std is not None else "")
+
+
+def print_table(data: dict, path: Path, markdown: bool = False) -> list[dict]:
+    rows = summarise(data)
+    columns = ("cell", "NFE", "seeds", "classifier FD", "FID", "precision", "recall", "steps", "train s")
+    lines = [[r["cell"] + (f" (from {', '.join(r['first_stage'])})" if r["first_stage"] else ""), str(r["nfe"]),
+              ",".join(map(str, r["seeds"])) + (f" (failed: {r['failed_seeds']})" if r["failed_seeds"] else ""),
+              fmt(r["fd_classifier"], r["fd_classifier_std"], 3), fmt(r["fid"], r["fid_std"]),
+              fmt(r["precision_classifier"], r["precision_classifier_std"], 3),
+              fmt(r["recall_classifier"], r["recall_classifier_std"], 3), fmt(r["steps"], r["steps_std"], 0),
+              fmt(r["train_wall_s"], r["train_wall_s_std"], 0)] for r in rows]
+    if markdown:
+        print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+    else:
+        table = Table(title=f"CIFAR-10 table so far ({path}): mean ± sd over seeds")
+        for col in columns:
+            table.add_column(col, justify="left" if col == "cell" else "right")
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)
+    budgets = sorted({b for r in rows for b in r["seconds"]})
+    teachers = sorted({r["teacher"]["weights_sha256"] or "?" for r in done(data).values()})
+    if len(budgets) > 1:
+        console.print(f"[yellow]warning[/]: the cells trained for different times ({budgets} s): not one budget")
+    if len(teachers) > 1:
+        console.print(f"[yellow]warning[/]: the cells used {len(teachers)} different teacher exports")
+    missing = [c for c in CELLS if c not in {r["cell"] for r in rows}]
+    if missing:
+        console.print(f"not run yet: {', '.join(missing)}")
+    return rows
+
+
+def plot(data: dict, path: Path) -> bool:
+    """FD against generator steps and against training wall time, every run of every cell, teachers as lines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        console.print("matplotlib is not installed: no figure (the curves are in the JSON)")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    records = sorted(done(data).values(), key=lambda r: (list(CELLS).index(r["cell"]) if r["cell"] in CELLS
+                                                         else len(CELLS), r["seed"]))
+    colours: dict[str, object] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r in records:
+        colour = colours.setdefault(r["cell"], cycle[len(colours) % len(cycle)])
+        label = r["label"] if sum(1 for x in records if x["cell"] == r["cell"] and x is not r
+                                  and x["seed"] < r["seed"]) == 0 else None
+        if r["nfe"] > 1 or r["cell"].startswith("teacher-"):
+            for ax in axes:
+                ax.axhline(r["fd_classifier"], color=colour, ls=":", lw=1, label=label)
+            continue
+        offset = r.get("offset") or {"steps": 0, "wall_time": 0.0}
+        curve = r.get("curve") or []
+        style = ["-", "--", "-.", ":"][r["seed"] % 4]
+        for ax, key in zip(axes, ("step", "wall_time")):
+            xs = [c[key] + offset["steps" if key == "step" else "wall_time"] for c in curve]
+            ax.plot(xs, [c["fd"] for c in curve], style, color=colour, marker="o", ms=2, lw=1.2, label=label)
+            x_end = (r["steps"] or 0) + offset["steps"] if key == "step" else (r["train_wall_s"] or 0) + \
+                offset["wall_time"]
+            ax.plot([x_end], [r["fd_classifier"]], marker="*", ms=9, color=colour)   # the final FD on --samples
+    for ax, xlabel in zip(axes, ("generator steps", "training wall time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("classifier FD")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("CIFAR-10, one teacher, same training time per run: curves on the in-run samples, stars the "
+                 "final FD, dotted lines the teacher (line style = seed)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+@app.command()
+def table(results: Path = typer.Option(ROOT / "docs/results/cifar_table.json", help="results JSON"),
+          figure: Optional[Path] = typer.Option(None, help="the figure (default: beside --results, .png)"),
+          markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table")):
+    """Print the table so far (mean ± sd over seeds) and draw FD against steps and wall time."""
+    if not results.is_file():
+        raise typer.BadParameter(f"{results} does not exist: run `python tools/cifar_table.py cell ...` first",
+                                 param_hint="--results")
+    data = read_results(results)
+    print_table(data, results, markdown)
+    figure = figure or results.with_suffix(".png")
+    if done(data) and plot(data, figure):
+        console.print(f"wrote {figure}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())
