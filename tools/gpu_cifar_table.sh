@@ -19,8 +19,9 @@
 #
 # Environment: SECONDS_PER_RUN (150), SEEDS ("0 1"), SAMPLES (10000), TEACHER_SECONDS (420),
 # INCEPTION (an Inception-v3 weights file: FID too), EXTRA (more options of `cifar_table.py cell`).
-# realuid (with gin-config, webdataset, typer, matplotlib) must be importable by $PYTHON (python3):
-# install it or set PYTHONPATH on the command line; the script installs nothing.
+# realuid (with gin-config, webdataset, typer; matplotlib for the figure, torch-fidelity for FID) must
+# be importable by $PYTHON (python3): install it or set PYTHONPATH on the command line; the script
+# installs nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -50,8 +51,8 @@ if [ -n "$CARRIED" ] && [ ! -d "$CARRIED" ]; then
 fi
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-if ! $PY -c "import sys; del sys.path[0]; import realuid, gin, webdataset, typer, matplotlib" 2>/dev/null; then
-  echo "error: $PY cannot import realuid, gin, webdataset, typer and matplotlib" >&2
+if ! $PY -c "import sys; del sys.path[0]; import realuid, gin, webdataset, typer" 2>/dev/null; then
+  echo "error: $PY cannot import realuid, gin, webdataset and typer" >&2
   echo "  install the package (pip install -e '.[images]') or put them on PYTHONPATH" >&2
   exit 2
 fi
@@ -84,6 +85,7 @@ if [ ! -e "$RESULTS" ] && [ "$SMOKE" = 0 ] && [ -f docs/results/cifar_table.json
 fi
 TEACHER_SHA_BEFORE=$(sha256sum "$WORK/teacher_export/model.safetensors" 2>/dev/null | cut -c1-64)
 
+$PY -c "import matplotlib" 2>/dev/null || echo "note: no matplotlib: no figure (the curves are in the JSON)" | tee -a "$LOG"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>&1 | tee -a "$LOG"
 
 # 1. teacher and FD classifier (only when missing)
