@@ -6,6 +6,7 @@ this module is the one place that puts them together.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -43,10 +44,21 @@ app.add_typer(data_app, name="data")
 
 def entry() -> None:
     """The ``realuid`` console script (and ``python -m realuid``)."""
+    code = 0
     try:
         app()
     except UserError as err:  # raised outside a command's own handler
         from rich.markup import escape
 
         errors.print(f"error: {escape(err.message)}", highlight=False, soft_wrap=True)
-        sys.exit(err.exit_code)
+        code = err.exit_code
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without the interpreter's teardown: gloo's worker threads can still hold
+        # tensors then, and finalising them aborts the process (SIGABRT) after a run that succeeded
+        # (pytorch/pytorch#190489). Every file is closed and the process group destroyed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

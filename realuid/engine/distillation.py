@@ -109,13 +109,15 @@ class DistillationTrainer(Trainer):
         self.fake_loss = FakeModelLoss(self.fake, self.objective, self.fields).to(device, dtype)
         self.objective_modules = self.fake_loss.heads
         loop.prepare(self.generator.network, self.fake.network, getattr(self.teacher, "network", None))
-        # The updates go through DDP-wrapped modules (gradients averaged over ranks); frozen uses call the plain ones.
+        self.ema = EMA(self.generator, self.ema_decay)   # before sharding: an FSDP module cannot be copied
+        # Under FSDP every module called on its own is a sharded unit; under DDP the updates go through
+        # DDP-wrapped modules (gradients averaged over ranks) and frozen uses call the plain ones.
+        loop.dist.shard_networks(self.generator, self.fake, *self.objective_modules, self.teacher, self.ema.model)
         self.fake_loss_update = loop.dist.wrap(self.fake_loss)
         self.generator_update = loop.dist.wrap(self.generator)
 
         self.opt_generator = adam(self.generator.parameters(), self.lr_generator, self.betas, device)
         self.opt_fake = adam(self._fake_side_parameters(), self.lr_fake, self.betas, device)
-        self.ema = EMA(self.generator, self.ema_decay)
         loop.track(generator=self.generator, fake=self.fake, ema=self.ema, objective=self.objective_modules,
                    opt_generator=self.opt_generator, opt_fake=self.opt_fake)
         loop.track_lr(lr_generator=self._schedule(self.opt_generator), lr_fake=self._schedule(self.opt_fake))
@@ -218,7 +220,7 @@ class DistillationTrainer(Trainer):
         with self.loop.autocast():
             gen, real = self.draw(with_grad=False)
             loss, logs = self.fake_loss_update(gen, real)
-        self.loop.apply_update(loss, self._fake_side_parameters(), self.opt_fake, "fake-model", self.grad_clip)
+        self.loop.apply_update(loss, self.opt_fake, "fake-model", self.grad_clip)
         return {"fake_loss": loss.detach(), **logs}
 
     def generator_step(self) -> dict:
@@ -227,8 +229,7 @@ class DistillationTrainer(Trainer):
             with self.loop.autocast():
                 gen, _ = self.draw(with_grad=True)
                 loss, logs = self.objective.generator_loss(self.fields, gen)
-            if self.loop.apply_update(loss, list(self.generator.parameters()), self.opt_generator, "generator",
-                                      self.grad_clip):
+            if self.loop.apply_update(loss, self.opt_generator, "generator", self.grad_clip):
                 self.ema.update(self.generator)
         finally:
             self.fake.requires_grad_(True)

@@ -29,8 +29,8 @@ Machinery switched by bindings of ``TrainingLoop``:
 - ``compile``: ``nn.Module.compile()`` of the networks (state-dict keys unchanged);
 - ``tensorboard``: scalars under ``RUN/tensorboard`` (skipped, with one warning,
   when the tensorboard package is missing);
-- data parallelism under ``torchrun --nproc_per_node N -m realuid run RECIPE``
-  (:class:`~realuid.engine.distributed.Distributed`).
+- ``parallel``: data parallelism under ``torchrun --nproc_per_node N -m realuid run RECIPE``,
+  DDP or FSDP2 (:class:`~realuid.engine.distributed.Distributed`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torch import nn
 from realuid.checkpoints import first_mismatch, latest_good, save_checkpoint
 from realuid.components import register
 from realuid.devices import COMPILE_MODES, DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
-from realuid.engine.distributed import Distributed
+from realuid.engine.distributed import PARALLEL_MODES, Distributed
 from realuid.engine.guard import NonFiniteGuard, TrainingDiverged
 from realuid.engine.reporting import MetricsLog
 from realuid.engine.signals import RunInterrupted, StopSignals
@@ -87,6 +87,10 @@ class TrainingLoop:
         progress: show the progress bar.
         check_replicas: under data parallelism, compare the ranks' weights at every checkpoint
             (a debugging aid: they must stay identical).
+        parallel: under ``torchrun``, ``'ddp'`` (every rank holds every weight, DDP averages the
+            gradients) or ``'fsdp'`` (FSDP2 shards every network's weights, gradients and Adam moments
+            over the ranks: for models that do not fit three times on one GPU). Checkpoints hold whole
+            tensors either way and resume under either mode on any number of processes.
     """
 
     def __init__(self, trainer, out_dir: str | Path, seed: int = 0, steps: int = 2000, batch_size: int = 512,
@@ -94,7 +98,7 @@ class TrainingLoop:
                  keep_checkpoints: int = 2, max_bad_steps: int = 20, device: str = "auto", dtype: str = "float32",
                  precision: str = "fp32", channels_last: bool = False, compile: bool | str = False,
                  compile_mode: str = "default", tensorboard: bool = True, time_limit: float = 0.0,
-                 progress: bool = True, check_replicas: bool = False):
+                 progress: bool = True, check_replicas: bool = False, parallel: str = "ddp"):
         where = "TrainingLoop"
         self.seed = check_count(seed, f"{where}.seed (realuid run --seed)", 0, MAX_SEED)
         self.steps = check_count(steps, f"{where}.steps", 1, MAX_STEPS)
@@ -112,6 +116,11 @@ class TrainingLoop:
               f"{where}.compile", f"bind {where}.compile = False, True or 'regional'")
         check(compile_mode in COMPILE_MODES, f"{where}.compile_mode = {compile_mode!r} is not a torch.compile mode",
               f"{where}.compile_mode", f"bind it to one of {', '.join(repr(m) for m in COMPILE_MODES)}")
+        check(parallel in PARALLEL_MODES, f"{where}.parallel = {parallel!r} is not 'ddp' or 'fsdp'",
+              f"{where}.parallel", f"bind {where}.parallel = 'ddp' or 'fsdp'")
+        check(not (parallel == "fsdp" and compile), f"{where}.compile = {compile!r} with {where}.parallel = 'fsdp' "
+              "is not supported yet (FSDP's hooks inside compiled graphs are untested here)", f"{where}.compile",
+              f"bind {where}.compile = False, or {where}.parallel = 'ddp'")
         for name, flag in (("channels_last", channels_last), ("tensorboard", tensorboard), ("progress", progress),
                            ("check_replicas", check_replicas)):
             check(isinstance(flag, bool), f"{where}.{name} must be True or False, got {flag!r}",
@@ -122,7 +131,7 @@ class TrainingLoop:
         self.compile, self.compile_mode = compile, compile_mode
         self.use_tensorboard, self.time_limit, self.show_progress = tensorboard, float(time_limit), progress
         self.check_replicas = check_replicas
-        self.dist = Distributed()
+        self.dist = Distributed(parallel, precision)
         self.device = self.dist.init(resolve_device(device, f"{where}.device"))
         enable_tf32(self.device)
         self.local_batch_size = self.dist.local_batch(self.batch_size, where)
@@ -167,23 +176,28 @@ class TrainingLoop:
         if self.compile:
             compile_networks(*modules, regional=self.compile == "regional", mode=self.compile_mode)
 
-    def apply_update(self, loss: torch.Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                     role: str, grad_clip: float) -> bool:
-        """Backward, clip, and step unless the loss or gradient is non-finite.
+    def apply_update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, role: str,
+                     grad_clip: float) -> bool:
+        """Backward, clip the optimiser's parameters' gradients, and step unless the loss or gradient is non-finite.
 
-        Under data parallelism the loss came through a DDP-wrapped module, whose
-        backward averages the gradients over ranks: a non-finite gradient on one
-        rank is non-finite on all, so every rank takes the same decision.
+        Under data parallelism the gradients are averaged over ranks by the DDP or
+        FSDP hooks during the backward (the gradient norm of sharded weights is
+        computed over all shards): a non-finite gradient on one rank is
+        non-finite on all, so every rank takes the same decision. The clipped
+        parameters are the optimiser's own: under FSDP those are the shards.
         """
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         optimizer.zero_grad(set_to_none=True)
         # No check before backward (it would stall the host on the forward): a non-finite loss makes a
         # non-finite gradient norm, and the one check below skips the update, on every rank alike.
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        limit = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = self.dist.whole(torch.nn.utils.clip_grad_norm_(params, limit))
         if not self.guard.ok(loss, grad_norm, role, self.step + 1):
             optimizer.zero_grad(set_to_none=True)
             return False
         optimizer.step()
+        self.dist.reshard()
         return True
 
     # -- running means ----------------------------------------------------------------------------------------------
@@ -326,7 +340,9 @@ class TrainingLoop:
         """Everything a resumed run needs: counters, guard, running means, streams and every tracked part."""
         state = {"step": self.step, "wall_time": self.wall_time, "guard": self.guard.state_dict(),
                  "running": self.running_state(), **self.rank_streams()}
-        state.update({name: part.state_dict() for name, part in {**self._tracked, **self._lr_schedules}.items()})
+        # Under FSDP the weights and moments are sharded: gathered, a checkpoint is that of one process.
+        state.update({name: self.dist.full_state(part.state_dict())
+                      for name, part in {**self._tracked, **self._lr_schedules}.items()})
         return state
 
     def load_state_dict(self, state: dict, where: str = "--resume") -> None:
@@ -341,7 +357,7 @@ class TrainingLoop:
             if isinstance(part, nn.Module):
                 check_fits(part, state[name], f"the checkpoint's {name}", where)
             try:
-                part.load_state_dict(state[name])
+                self.dist.load_part(part, state[name])
             except (RuntimeError, ValueError, KeyError) as err:
                 raise UserError(f"the checkpoint's {name} does not fit this run's config "
                                 f"({str(err).splitlines()[0][:200]})", where,

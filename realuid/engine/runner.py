@@ -272,4 +272,6 @@ def run(recipe: Path | str | None, binds: Sequence[str] = (), imports: Sequence[
                 if err.fix:
                     err.fix = err.fix.replace("continue from the last checkpoint with --resume", "start the run again")
         raise
+    finally:
+        loop.dist.close()
     return loop

@@ -86,10 +86,11 @@ class MatchingTrainer(Trainer):
         self.loop = loop
         self.network = self.network.to(loop.device, loop.dtype)
         loop.prepare(self.network)
+        self.ema = EMA(self.network, self.ema_decay)   # before sharding: an FSDP module cannot be copied
+        loop.dist.shard_networks(self.network, self.ema.model)
         # The training forward goes through DDP (gradients averaged over ranks); sampling uses the EMA copy.
         self.field = NetworkField(loop.dist.wrap(self.network), self.path, self.parameterization)
         self.optimizer = adam(self.network.parameters(), self.lr, self.betas, loop.device, self.weight_decay)
-        self.ema = EMA(self.network, self.ema_decay)
         loop.track(network=self.network, ema=self.ema, optimizer=self.optimizer)
         loop.track_lr(lr=lr_schedule(self.optimizer, loop.steps, self.warmup_steps, self.lr_decay, self.lr_final))
 
@@ -120,7 +121,7 @@ class MatchingTrainer(Trainer):
         """One update of the network on the matching loss, then its EMA."""
         self.network.train()
         loss = self.loss()
-        if self.loop.apply_update(loss, list(self.network.parameters()), self.optimizer, "network", self.grad_clip):
+        if self.loop.apply_update(loss, self.optimizer, "network", self.grad_clip):
             self.ema.update(self.network)
         return {"loss": loss.detach(), "loss_per_dim": loss.detach() / math.prod(self.shape)}
 

@@ -268,6 +268,9 @@ class UNet(nn.Module):
         inert = {"num_heads"} if kwargs.get("head_channels") is not None else set()
         return {k: v for k, v in kwargs.items() if k not in inert and "dropout" not in k}
 
+    #: methods besides ``forward`` that run the network's weights (FSDP gathers the weights for them too)
+    forward_methods = ("features",)
+
     def compile_regions(self) -> list[nn.Module]:
         """The blocks compiled one by one under regional compilation (``TrainingLoop.compile = 'regional'``)."""
         return [*self.encoder, self.middle, *self.decoder]
