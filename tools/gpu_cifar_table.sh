@@ -80,6 +80,14 @@ if [ -n "$CARRIED" ]; then
     if [ -e "$CARRIED/$item" ] && [ ! -e "$WORK/$item" ]; then cp -r "$CARRIED/$item" "$WORK/$item"; fi
   done
 fi
+# the teacher and FD classifier kept in the repository (trained on an H200, 2026-12-02), where neither WORK nor
+# --carried has them: every allotment's cells use the same teacher
+KEPT=docs/results/cifar_table_kept
+if [ "$SMOKE" = 0 ]; then
+  for item in teacher_export fd_classifier.pt fd_classifier.toml; do
+    if [ -e "$KEPT/$item" ] && [ ! -e "$WORK/$item" ]; then cp -r "$KEPT/$item" "$WORK/$item"; fi
+  done
+fi
 if [ ! -e "$RESULTS" ] && [ "$SMOKE" = 0 ] && [ -f docs/results/cifar_table.json ]; then
   cp docs/results/cifar_table.json "$RESULTS"
 fi
