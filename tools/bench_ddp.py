@@ -47,7 +47,7 @@ MODES = ("ddp", "fsdp")
 
 #: a U-Net small enough for CPU processes (~0.25M weights), on the first 512 CIFAR-10 images, untrained teacher
 CPU_UNET = ("UNet.model_channels = 16", "UNet.channel_mult = (1, 2)", "UNet.num_res_blocks = 1",
-            "UNet.attn_resolutions = ()", "UNet.dropout = 0.0", "CIFAR10Shards.limit = 512",
+            "UNet.attn_resolutions = ()", "UNet.head_channels = None", "UNet.dropout = 0.0", "CIFAR10Shards.limit = 512",
             "CIFAR10Shards.num_workers = 1", "TrainingLoop.device = 'cpu'",
             "CheckpointTeacher.allow_random_init = True")
 

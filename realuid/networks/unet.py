@@ -80,8 +80,9 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
-        if channels % num_heads:
-            raise UserError(f"{channels} channels do not split into {num_heads} attention heads",
+        if num_heads < 1 or channels % num_heads:
+            raise UserError(f"{channels} channels do not split into {num_heads} attention heads"
+                            + (" (UNet.head_channels is wider than the level)" if num_heads < 1 else ""),
                             "UNet.num_heads / UNet.head_channels",
                             "choose a head count (or head width) that divides every attended level's width")
         self.num_heads = num_heads
