@@ -166,3 +166,9 @@ def test_bad_configurations_raise_user_errors():
         DiT(img_resolution=30, patch_size=4, hidden=32, depth=1, heads=4)
     with pytest.raises(UserError, match="label_dropout"):
         tiny_unet(num_classes=10, label_dropout=1.5)
+
+
+def test_a_head_width_wider_than_the_attended_level_is_a_user_error():
+    # 16 channels at the middle block, 64 per head: zero heads (was a ZeroDivisionError)
+    with pytest.raises(UserError, match="wider than the level"):
+        UNet(model_channels=16, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(), head_channels=64)
