@@ -48,10 +48,10 @@ BRIEF = 200
 LONGER = {"uid_fm_gmm.gin": 300, "realuid_fm_gmm.gin": 300, "dmd_kl_vp_gmm.gin": 300, "dmd_kl_real_vp_gmm.gin": 400,
           "uid_edm_gmm.gin": 400}
 # Recipes whose generator starts as a Gaussian covering the modes (OneStepGenerator.skip) instead of one point:
-# normalized UID stayed on one mode for >600 steps from one point (docs/results/toy_robustness.md).
+# normalized UID stayed on one mode for >600 steps from one point (docs/RESULTS.md, "Do the toy recipes keep every mode?").
 SKIP_STARTS = ["normalized_uid_fm_gmm.gin", "normalized_realuid_fm_gmm.gin"]
 # Still stuck, kept visible (strict: a fix makes the test fail until the mark is removed). FGM stays on one mode
-# for >600 steps of a brief run; what was tried (docs/results/toy_robustness.md): a skip start (SW ratio 1.02 at
+# for >600 steps of a brief run; what was tried (docs/RESULTS.md, "Do the toy recipes keep every mode?"): a skip start (SW ratio 1.02 at
 # 200 steps; at 2000 steps three modes on the default mixture, weight error 0.04-0.07, a mode lost on 'kite'),
 # t_min = 0.2 with it (three modes at 300 steps, two at 2000), a lower generator lr (modes lost).
 STUCK = {"fgm_fm_gmm.gin": "velocity-space UID (FGM) stays on one mode for >600 steps on this mixture"}
