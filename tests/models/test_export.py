@@ -107,7 +107,8 @@ def test_gmm_config_json_is_plain_and_names_the_run(gmm):
     assert config["backbone"] == {"name": "MLP", "kwargs": {"dim": 2, "hidden": 16, "depth": 3, "time_dim": 32,
                                                             "num_classes": 0, "cond_dim": 0}}
     assert config["generator"]["name"] == "OneStepGenerator"
-    assert config["generator"]["kwargs"] == {"parameterization": "x0", "time": None, "noise_scale": 1.0}
+    assert config["generator"]["kwargs"] == {"parameterization": "x0", "time": None, "noise_scale": 1.0,
+                                                  "skip": 0.0}
     assert config["path"]["name"] == "RectifiedFlow" and config["time"]["generator_time"] == 1.0
     assert config["shape"] == [2] and config["num_classes"] == 0
     training = config["training"]

@@ -57,7 +57,8 @@ def test_every_cifar_recipe_is_covered():
     recipes = {p.stem for p in (ROOT / "gin").glob("*cifar*.gin")} | {"sid_as_uid"}
     covered = set(CIFAR_STUDENTS) | set(CIFAR_SECOND_STAGES) | {"fm_cifar_teacher",
                                                              "fm_cifar_teacher_cond", "edm_cifar_teacher",
-                                                             "fm_cifar_teacher_dit"}
+                                                             "fm_cifar_teacher_dit",
+                                                             "uid_gan_fm_cifar"}   # run by tests/test_gan_image_head.py
     assert recipes <= covered, recipes - covered
 
 

@@ -70,6 +70,10 @@ def test_ddp_benchmark_runs_one_and_two_processes_on_cpu(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "d" / "bench_ddp.json").read_text())
-    assert [(r["procs"], r["global_batch"], r["rc"]) for r in result["results"]] == [(1, 64, 0), (2, 128, 0)]
+    assert [(r["procs"], r["mode"], r["global_batch"], r["rc"]) for r in result["results"]] == \
+        [(1, "single", 64, 0), (2, "ddp", 128, 0), (2, "fsdp", 128, 0)]
     assert all(r["images_per_s"] > 0 and r["efficiency"] > 0 for r in result["results"])
     assert result["results"][0]["efficiency"] == 1.0
+    for r in result["results"][1:]:   # measured against two independent processes of the same compute
+        assert len(r["alone_step_s"]) == 2 and all(t > 0 for t in r["alone_step_s"])
+        assert r["exposed_comm_s"] == pytest.approx(r["step_s"] - sum(r["alone_step_s"]) / 2)
