@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,7 +38,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cifar_phases import ROOT, SMALL_UNET, Phases, binds, read_metrics
+from cifar_phases import SMALL_UNET, Phases, binds, read_metrics
 
 MODES = ("ddp", "fsdp")
 
@@ -70,25 +67,6 @@ def exposed_communication(t_parallel: float | None, t_alone: list[float | None])
     if t_parallel is None or not t_alone or any(t is None for t in t_alone):
         return None
     return t_parallel - sum(t_alone) / len(t_alone)
-
-
-def run_together(phases: Phases, name: str, argvs: list[list[str]], envs: list[dict]) -> list[bool]:
-    """Start the commands at once, wait for all, record each (a failure is reported, never hidden)."""
-    print(f"=== [{time.perf_counter() - phases.start:.0f} s] {name}: {len(argvs)} processes at once", flush=True)
-    began = time.perf_counter()
-    phases.log.parent.mkdir(parents=True, exist_ok=True)
-    with phases.log.open("a") as log:
-        log.write(f"=== {name}: {len(argvs)} processes at once\n")
-        log.flush()
-        procs = [subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-                 for argv, env in zip(argvs, envs)]
-        codes = [proc.wait() for proc in procs]
-    for i, (argv, code) in enumerate(zip(argvs, codes)):
-        phases.records.append({"phase": f"{name}.{i}", "command": shlex.join(str(a) for a in argv),
-                               "seconds": round(time.perf_counter() - began, 2), "rc": code})
-        if code != 0:
-            print(f"!!! phase {name}.{i} failed with exit code {code} (see {phases.log})", flush=True)
-    return [code == 0 for code in codes]
 
 
 def main(procs: str = typer.Option("1,2", help="process counts to compare (the first is the baseline)"),
@@ -143,8 +121,8 @@ def main(procs: str = typer.Option("1,2", help="process counts to compare (the f
         if n > 1:   # the same compute on the same hardware, without any communication
             folders = [out / f"alone{n}" / f"process{i}" for i in range(n)]
             envs = [{**env, "CUDA_VISIBLE_DEVICES": str(i)} if cuda else env for i in range(n)]
-            oks = run_together(phases, f"alone{n}", [[sys.executable, *realuid_run(f, per_gpu_batch)]
-                                                     for f in folders], envs)
+            oks = phases.run_together(f"alone{n}", [[sys.executable, *realuid_run(f, per_gpu_batch)]
+                                                    for f in folders], envs)
             alone_steps = [step_seconds(images_per_second(read_metrics(f), per_gpu_batch, updates), per_gpu_batch,
                                         updates) if ok else None for f, ok in zip(folders, oks)]
         for mode in (chosen if n > 1 else ["single"]):

@@ -59,20 +59,28 @@ class Phases:
     start: float = field(default_factory=time.perf_counter)
 
     def run(self, name: str, argv: list[str], env: dict | None = None) -> bool:
-        command = shlex.join(str(a) for a in argv)
-        print(f"=== [{time.perf_counter() - self.start:.0f} s] {name}: {command}", flush=True)
+        return self.run_together(name, [argv], [env])[0]
+
+    def run_together(self, name: str, argvs: list[list[str]], envs: list[dict | None]) -> list[bool]:
+        """Start the commands at once and wait for all (phases ``name.0``, ``name.1``, ... when several)."""
+        names = [name] if len(argvs) == 1 else [f"{name}.{i}" for i in range(len(argvs))]
+        commands = [shlex.join(str(a) for a in argv) for argv in argvs]
+        shown = commands[0] if len(argvs) == 1 else f"{len(argvs)} processes at once"
+        print(f"=== [{time.perf_counter() - self.start:.0f} s] {name}: {shown}", flush=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         began = time.perf_counter()
         with self.log.open("a") as log:
-            log.write(f"=== {name}: {command}\n")
+            log.write(f"=== {name}: {shown}\n")
             log.flush()
-            proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        seconds = time.perf_counter() - began
-        self.records.append({"phase": name, "command": command, "seconds": round(seconds, 2),
-                             "rc": proc.returncode})
-        if proc.returncode != 0:
-            print(f"!!! phase {name} failed with exit code {proc.returncode} (see {self.log})", flush=True)
-        return proc.returncode == 0
+            procs = [subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+                     for argv, env in zip(argvs, envs)]
+            codes = [proc.wait() for proc in procs]
+        seconds = round(time.perf_counter() - began, 2)
+        for phase, command, code in zip(names, commands, codes):
+            self.records.append({"phase": phase, "command": command, "seconds": seconds, "rc": code})
+            if code != 0:
+                print(f"!!! phase {phase} failed with exit code {code} (see {self.log})", flush=True)
+        return [code == 0 for code in codes]
 
     def seconds(self, name: str) -> float | None:
         return next((r["seconds"] for r in self.records if r["phase"] == name), None)

@@ -275,8 +275,8 @@ def load_weights(folder: Path, module: nn.Module, config: dict, owner: str, buil
     """Load model.safetensors into ``module`` after checking every tensor's name, shape and dtype, then its sha256.
 
     ``config`` is the folder's :func:`read_config`; ``owner`` names the module in messages ("network",
-    "generator"), ``built`` says where it was built (default: from config.json). The tensors are cast to the dtype of ``module``'s own tensors (a bfloat16 export loads
-    into a float32 network as float32).
+    "generator"), ``built`` says where it was built (default: from config.json). The tensors are cast to
+    the dtype of ``module``'s own tensors (a bfloat16 export loads into a float32 network as float32).
     """
     folder = Path(folder)
     file = folder / WEIGHTS_FILE
@@ -300,7 +300,7 @@ def load_weights(folder: Path, module: nn.Module, config: dict, owner: str, buil
                             f"expects {tuple(value.shape)}", str(file), REEXPORT)
     recorded_dtype = config.get("weights_dtype")
     if recorded_dtype is not None:
-        stored = sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()})
+        stored = floating_dtypes(tensors)
         if stored and stored != [recorded_dtype]:
             raise UserError(f"{file} holds {', '.join(stored)} tensors, {CONFIG_FILE} records weights_dtype "
                             f"{recorded_dtype!r}", str(file), REEXPORT)
@@ -314,6 +314,11 @@ def load_weights(folder: Path, module: nn.Module, config: dict, owner: str, buil
                             f"{CONFIG_FILE} records {recorded[:12]}...", str(file),
                             f"restore the exported file, or {REEXPORT}")
     module.load_state_dict(tensors)
+
+
+def floating_dtypes(tensors: dict) -> list[str]:
+    """The distinct floating dtypes of a state's tensors, by name ("bfloat16", "float32"), sorted."""
+    return sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()})
 
 
 def _read_safetensors(file: Path) -> dict:
@@ -351,7 +356,7 @@ def export_run(source, out, overwrite: bool = False, where: str = "RUN argument"
     config, tensors = describe_run(source, where)
     if dtype is not None:
         tensors = {k: v.to(WEIGHT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in tensors.items()}
-    floating = sorted({str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()})
+    floating = floating_dtypes(tensors)
     config["weights_dtype"] = floating[0] if len(floating) == 1 else None
     parent = out.parent
     try:
