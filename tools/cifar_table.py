@@ -51,6 +51,7 @@ import math
 import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -256,13 +257,31 @@ def teacher(seconds: float = typer.Option(480, help="teacher training time (s; e
 
 
 # -- cells ---------------------------------------------------------------------------------------------------------
-def record_key(record: dict) -> tuple[str, int]:
-    return record["cell"], int(record["seed"])
+def classifier_record(path: Path) -> dict:
+    """What identifies the FD classifier a record was measured with: FDs of two classifiers are not comparable."""
+    from realuid.io import sha256_file
+
+    return {"path": str(path), "sha256": sha256_file(path)}
 
 
-def done(data: dict) -> dict[tuple[str, int], dict]:
-    """The successful records by (cell, seed)."""
-    return {record_key(r): r for r in data["cells"] if r.get("rc") == 0}
+def classifier_of(record: dict) -> str | None:
+    return (record.get("classifier") or {}).get("sha256")
+
+
+def record_key(record: dict) -> tuple[str, int, str | None]:
+    return record["cell"], int(record["seed"]), classifier_of(record)
+
+
+def current_classifier(data: dict) -> str | None:
+    """The classifier of the newest successful record: the one a table of ``data`` is measured with."""
+    records = [r for r in data["cells"] if r.get("rc") == 0]
+    return classifier_of(max(records, key=lambda r: r.get("created", ""))) if records else None
+
+
+def done(data: dict, classifier: str | None = None) -> dict[tuple[str, int], dict]:
+    """The successful records by (cell, seed) measured with ``classifier`` (default: :func:`current_classifier`)."""
+    classifier = classifier or current_classifier(data)
+    return {(r["cell"], int(r["seed"])): r for r in data["cells"] if r.get("rc") == 0 and classifier_of(r) == classifier}
 
 
 def expected_seconds(cell: Cell, data: dict, seconds: float, samples: int, inception: bool) -> float:
@@ -276,10 +295,10 @@ def expected_seconds(cell: Cell, data: dict, seconds: float, samples: int, incep
     return seconds + 60 + evaluation                        # start, data, in-run evaluations, checkpoint
 
 
-def best_first_stage(data: dict) -> tuple[str, float] | None:
+def best_first_stage(data: dict, classifier: str | None = None) -> tuple[str, float] | None:
     """(cell, mean FD over its seeds) of the first-stage RealUID cell with the lowest mean final FD."""
     by_cell: dict[str, list[float]] = {}
-    for r in done(data).values():
+    for r in done(data, classifier).values():
         if parse_cell(r["cell"]).is_first_stage and r.get("fd_classifier") is not None:
             by_cell.setdefault(r["cell"], []).append(r["fd_classifier"])
     if not by_cell:
@@ -311,11 +330,16 @@ def keep_generator(run_dir: Path, folder: Path) -> Path:
                            keep=1)
 
 
+def eval_files(evaluation: Path) -> tuple[Path, Path]:
+    """(JSON, grid) of an evaluation named ``evaluation`` (cell names hold dots: no ``with_suffix``)."""
+    return evaluation.with_name(evaluation.name + ".json"), evaluation.with_name(evaluation.name + ".png")
+
+
 def eval_argv(source: Path, out: Path, s: Setup, clf: Path, samples: int, seed: int, nfe: int | None,
               inception_weights: Optional[Path]) -> list[str]:
     argv = realuid("eval", str(source), "--fd-classifier", str(clf), "--num", str(samples), "--seed", str(seed),
                    "--batch-size", "64" if s.smoke else "1000", "--device", s.device, "--precision", s.precision,
-                   "--json", str(out.with_suffix(".json")), "--grid", str(out.with_suffix(".png")),
+                   "--json", str(eval_files(out)[0]), "--grid", str(eval_files(out)[1]),
                    *(SMOKE_EVAL if s.smoke else ()))
     argv += ["--inception-weights", str(inception_weights), "--no-is"] if inception_weights else ["--no-fid"]
     if nfe is not None:
@@ -325,15 +349,19 @@ def eval_argv(source: Path, out: Path, s: Setup, clf: Path, samples: int, seed: 
 
 def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds: float, samples: int,
              curve_samples: int, eval_every: int, lr: float, fake_steps: int, warmup: int,
-             inception_weights: Optional[Path]) -> dict:
-    """Run one cell with one seed; its record (rc != 0 and "error" when a phase failed)."""
+             inception_weights: Optional[Path], jobs: int = 1) -> dict:
+    """Run one cell with one seed; its record (rc != 0 and "error" when a phase failed).
+
+    ``jobs`` is recorded: how many cells shared the device at once (their runs' step counts depend on it).
+    """
     name = f"{cell.name}-s{seed}"
     phases = Phases(s.work / "logs" / f"{name}.txt")
     started = time.perf_counter()
     record: dict = {"cell": cell.name, "label": cell.label, "seed": seed, "nfe": cell.nfe or 1,
                     "alpha": cell.alpha, "beta": cell.beta, "teacher": teacher_record(s.teacher),
                     "device": device_name(s.device), "precision": s.precision, "batch": s.batch,
-                    "samples": samples, "smoke": s.smoke, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "samples": samples, "smoke": s.smoke, "classifier": classifier_record(clf), "jobs": jobs,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     evaluation = s.work / "eval" / name
     evaluation.parent.mkdir(parents=True, exist_ok=True)
     source = s.teacher
@@ -344,11 +372,11 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
                       curve_samples=curve_samples)
         method, offset = list(cell.method), {"steps": 0, "wall_time": 0.0}
         if cell.name == "realuid-ft":
-            best = best_first_stage(data)
+            best = best_first_stage(data, classifier_of(record))
             if best is None:
                 return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
                         f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)} first"}
-            first = done(data).get((best[0], seed))
+            first = done(data, classifier_of(record)).get((best[0], seed))
             kept = kept_generator(s.work, best[0], seed)
             files = sorted(kept.glob("step_*.pt")) if kept.is_dir() else []
             if first is None or not files:
@@ -388,7 +416,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
     ok = phases.run("eval", eval_argv(source, evaluation, s, clf, samples, seed, cell.nfe, inception_weights))
     record["commands"] = [r["command"] for r in phases.records]
     record["cell_seconds"] = round(time.perf_counter() - started, 2)
-    result = evaluation.with_suffix(".json")
+    result, grid = eval_files(evaluation)
     if not ok or not result.is_file():
         return {**record, "rc": 1, "error": f"evaluation failed (see {phases.log})"}
     info = json.loads(result.read_text())
@@ -396,7 +424,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
     record.update(rc=0, fd_classifier=metrics.get("fd_classifier"),
                   precision_classifier=metrics.get("precision_classifier"),
                   recall_classifier=metrics.get("recall_classifier"), fid=metrics.get("fid"),
-                  images_per_s=info.get("images_per_s"), grid=str(evaluation.with_suffix(".png")))
+                  images_per_s=info.get("images_per_s"), grid=str(grid))
     return record
 
 
@@ -412,6 +440,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
          warmup: int = typer.Option(50, help="lr warm-up steps of a first stage"),
          deadline: float = typer.Option(0, help="stop before a cell that would end later than this many seconds "
                                                 "after the start (0: no deadline)"),
+         jobs: int = typer.Option(1, help="cells run at once on the device (each record says how many shared it)"),
          redo: bool = typer.Option(False, "--redo", help="run cells already in the results again (replacing them)"),
          inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID (torch-"
                                                                      "fidelity) of each cell"),
@@ -427,7 +456,8 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     chosen = [parse_cell(c) for c in cells]
     for value, hint, low in ((seconds, "--seconds", 1e-9), (samples, "--samples", 2), (curve_samples,
                              "--curve-samples", 2), (eval_every, "--eval-every", 1), (fake_steps, "--fake-steps", 1),
-                             (lr, "--lr", 1e-12), (deadline, "--deadline", 0), (warmup, "--warmup", 0)):
+                             (lr, "--lr", 1e-12), (deadline, "--deadline", 0), (warmup, "--warmup", 0),
+                             (jobs, "--jobs", 1)):
         if value < low:
             raise typer.BadParameter(f"{hint} {value} is below {low:g}", param_hint=hint)
     if inception_weights is not None and not inception_weights.is_file():
@@ -444,30 +474,56 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     clf = ensure_classifier(Phases(s.work / "log.txt"), s.classifier, classifier_epochs, s.device, smoke)
     if clf is None:
         raise SystemExit(f"training the FD classifier {s.classifier} failed (see {s.work / 'log.txt'})")
+    clf_sha = classifier_record(clf)["sha256"]
+    other = sorted({classifier_of(r) or "?" for r in data["cells"] if classifier_of(r) != clf_sha})
+    if other:
+        console.print(f"[yellow]note[/]: {s.results} holds records of {len(other)} other FD classifier(s) "
+                      f"({', '.join(x[:12] for x in other)}): not comparable with {clf} ({clf_sha[:12]}); those "
+                      "cells run again")
     todo = [(c, sd) for c in chosen for sd in seed]
+    pending = []
     for i, (c, sd) in enumerate(todo):
-        if (c.name, sd) in done(data) and not redo:
+        if (c.name, sd) in done(data, clf_sha) and not redo:
             console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd}: in {s.results} already (--redo runs it again)")
-            continue
-        elapsed = time.perf_counter() - started
-        need = expected_seconds(c, data, seconds, samples, inception_weights is not None)
-        if deadline and elapsed + need > deadline:
-            left = [f"{x.name} --seed {y}" for x, y in todo[i:] if (x.name, y) not in done(data) or redo]
-            console.print(f"stopping before {c.name} seed {sd}: it takes about {need:.0f} s and {deadline - elapsed:.0f}"
-                          f" s are left before the deadline; not run: {'; '.join(left)}")
-            break
-        console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd} (about {need:.0f} s; {elapsed:.0f} s elapsed)")
-        record = run_cell(c, sd, s, clf, data, seconds=seconds, samples=samples, curve_samples=curve_samples,
-                          eval_every=eval_every, lr=lr, fake_steps=fake_steps, warmup=warmup,
-                          inception_weights=inception_weights)
-        data["cells"] = [r for r in data["cells"] if record_key(r) != (c.name, sd)] + [record]
-        write_results(s.results, data)
-        if record["rc"] != 0:
-            console.print(f"[red]{c.name} seed {sd} failed[/]: {record['error']}")
         else:
-            fd = record["fd_classifier"]
-            console.print(f"{c.name} seed {sd}: classifier FD {fd:.3f}, {record['steps']} steps, "
-                          f"{record['cell_seconds']:.0f} s in all")
+            pending.append((c, sd))
+    pending.sort(key=lambda item: item[0].name == "realuid-ft")   # after every first stage it may start from
+    options = dict(seconds=seconds, samples=samples, curve_samples=curve_samples, eval_every=eval_every, lr=lr,
+                   fake_steps=fake_steps, warmup=warmup, inception_weights=inception_weights, jobs=jobs)
+    running: dict[Future, tuple[Cell, int]] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:   # threads: each cell's work is in its own subprocesses
+        while pending or running:
+            while pending and len(running) < jobs:
+                c, sd = pending[0]
+                waits_for_first_stage = c.name == "realuid-ft" and any(
+                    x.is_first_stage for x, _ in [*running.values(), *pending[1:]])
+                if waits_for_first_stage:   # fine-tuning starts from the best first stage: all of them first
+                    break
+                elapsed = time.perf_counter() - started
+                need = expected_seconds(c, data, seconds, samples, inception_weights is not None)
+                if deadline and elapsed + need > deadline:
+                    left = "; ".join(f"{x.name} --seed {y}" for x, y in pending)
+                    console.print(f"stopping before {c.name} seed {sd}: it takes about {need:.0f} s and "
+                                  f"{deadline - elapsed:.0f} s are left before the deadline; not run: {left}")
+                    pending = []
+                    break
+                pending.pop(0)
+                console.print(f"{c.name} seed {sd}: started (about {need:.0f} s; {elapsed:.0f} s elapsed, "
+                              f"{len(running) + 1} of {jobs} slots busy)")
+                running[pool.submit(run_cell, c, sd, s, clf, data, **options)] = (c, sd)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                c, sd = running.pop(future)
+                record = future.result()
+                data["cells"] = [r for r in data["cells"] if record_key(r) != record_key(record)] + [record]
+                write_results(s.results, data)
+                if record["rc"] != 0:
+                    console.print(f"[red]{c.name} seed {sd} failed[/]: {record['error']}")
+                else:
+                    console.print(f"{c.name} seed {sd}: classifier FD {record['fd_classifier']:.3f}, "
+                                  f"{record['steps']} steps, {record['cell_seconds']:.0f} s in all")
     print_table(data, s.results)
     failed = [r for r in data["cells"] if r.get("rc") != 0 and r["cell"] in {c.name for c in chosen}]
     if failed:
@@ -540,6 +596,15 @@ def print_table(data: dict, path: Path, markdown: bool = False) -> list[dict]:
         console.print(table)
     budgets = sorted({b for r in rows for b in r["seconds"]})
     teachers = sorted({r["teacher"]["weights_sha256"] or "?" for r in done(data).values()})
+    classifier = current_classifier(data)
+    stale = [r for r in data["cells"] if r.get("rc") == 0 and classifier_of(r) != classifier]
+    if stale:
+        console.print(f"left out: {len(stale)} record(s) measured with another FD classifier than the newest record's "
+                      f"({(classifier or '?')[:12]}): {', '.join(sorted({r['cell'] for r in stale}))}")
+    jobs = sorted({r.get("jobs", 1) for r in done(data).values() if not parse_cell(r["cell"]).is_teacher})
+    if len(jobs) > 1:
+        console.print(f"[yellow]warning[/]: the distillations shared the device with different numbers of runs "
+                      f"({jobs}): their step counts are not one budget")
     if len(budgets) > 1:
         console.print(f"[yellow]warning[/]: the cells trained for different times ({budgets} s): not one budget")
     if len(teachers) > 1:

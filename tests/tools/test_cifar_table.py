@@ -27,10 +27,10 @@ def tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def smoke_table(tmp_path_factory):
-    """``teacher --smoke`` then ``cell teacher-nfe1 uid --smoke`` in one work folder."""
+    """``teacher --smoke`` then ``cell teacher-nfe1 uid --smoke --jobs 2`` (both at once) in one work folder."""
     work = tmp_path_factory.mktemp("table")
     teacher = tool("teacher", "--smoke", "--work", str(work))
-    cells = tool("cell", "teacher-nfe1", "uid", "--smoke", "--work", str(work))
+    cells = tool("cell", "teacher-nfe1", "uid", "--smoke", "--work", str(work), "--jobs", "2")
     return work, teacher, cells
 
 
@@ -45,6 +45,11 @@ def test_the_smoke_table_runs_end_to_end(smoke_table):
     assert data["teacher"]["weights_sha256"] == config["weights_sha256"]
     records = {r["cell"]: r for r in data["cells"]}
     assert set(records) == {"teacher-nfe1", "uid"} and all(r["rc"] == 0 and r["seed"] == 0 for r in records.values())
+    from realuid.io import sha256_file
+
+    classifier = sha256_file(work / "fd_classifier.pt")
+    assert all(r["classifier"]["sha256"] == classifier and r["jobs"] == 2 for r in records.values())
+    assert "2 of 2 slots busy" in " ".join(cells.stdout.split())   # the second cell started beside the first
     uid = records["uid"]
     assert uid["fd_classifier"] >= 0 and uid["steps"] > 0 and uid["train_wall_s"] > 0
     assert uid["curve"] and all({"step", "wall_time", "fd"} <= set(c) for c in uid["curve"])
@@ -68,6 +73,11 @@ def test_cells_in_the_results_are_skipped_and_the_deadline_stops_before_a_cell(s
     assert "uid seed 0: in" in out and "already" in out
     assert "stopping before realuid-0.92-0.94 seed 0" in out and "not run: realuid-0.92-0.94 --seed 0" in out
     assert {r["cell"] for r in json.loads((work / "cifar_table.json").read_text())["cells"]} == {"teacher-nfe1", "uid"}
+
+
+def test_evaluations_of_cells_with_dots_in_their_names_do_not_share_files(tmp_path):
+    a, b = (cifar_table.eval_files(tmp_path / f"realuid-0.92-0.94-s{seed}") for seed in (0, 1))
+    assert a[0].name == "realuid-0.92-0.94-s0.json" and a[1].name == "realuid-0.92-0.94-s0.png" and a != b
 
 
 def test_cell_names_parse_and_unknown_ones_list_the_cells():
@@ -113,3 +123,20 @@ def test_fine_tuning_starts_from_the_best_first_stage_and_the_table_averages_see
     assert rows["realuid-0.92-0.94"]["fd_classifier_std"] == pytest.approx(2 ** 0.5)
     assert rows["realuid-0.94-0.96"]["fd_classifier_std"] is None
     assert "realuid-0.96-0.94" not in rows   # only failed seeds: not a row
+
+
+def test_records_of_another_fd_classifier_are_left_out_of_the_table_and_run_again():
+    def rec(cell, seed, fd, classifier, created):
+        return {"cell": cell, "seed": seed, "rc": 0, "fd_classifier": fd, "label": cell, "nfe": 1, "steps": 10,
+                "train_wall_s": 5.0, "seconds": 5.0, "teacher": {"weights_sha256": "a"},
+                "classifier": {"sha256": classifier}, "created": created}
+
+    data = {"cells": [rec("uid", 0, 9.0, "old", "2026-12-01T10:00:00"), rec("uid", 1, 7.0, "old", "2026-12-01T10:05:00"),
+                      rec("uid", 0, 3.0, "new", "2026-12-02T10:00:00")]}
+    assert cifar_table.current_classifier(data) == "new"
+    assert set(cifar_table.done(data)) == {("uid", 0)} and cifar_table.done(data)[("uid", 0)]["fd_classifier"] == 3.0
+    assert set(cifar_table.done(data, "old")) == {("uid", 0), ("uid", 1)}
+    row = cifar_table.summarise(data)[0]
+    assert row["seeds"] == [0] and row["fd_classifier"] == 3.0   # the old classifier's FDs are not averaged in
+    # a new record replaces only the record of the same cell, seed and classifier
+    assert cifar_table.record_key(data["cells"][0]) != cifar_table.record_key(data["cells"][2])
