@@ -75,13 +75,29 @@ def grid_points(step: float, num: int) -> list[tuple[float, float]]:
     return points
 
 
-def specs(step, num, dmd_alpha, normalized_alpha, normalized_beta) -> list[dict]:
+def parse_points(text: str) -> list[tuple[float, float]]:
+    """'a,b;a,b;...' -> [(alpha, beta), ...], checked against DESIGN §3 (0 < beta <= 1, alpha = 1 only with beta = 1)."""
+    points = []
+    for part in (p for p in text.split(";") if p.strip()):
+        values = parse_numbers(part)
+        if len(values) != 2:
+            raise typer.BadParameter(f"{part!r} is not one 'alpha,beta' pair")
+        alpha, beta = round(values[0], 6), round(values[1], 6)
+        if not (0 < alpha <= 1 and 0 < beta <= 1) or (alpha == 1.0 and beta != 1.0):
+            raise typer.BadParameter(f"({alpha}, {beta}): need 0 < alpha, beta <= 1 and alpha = 1 only with beta = 1")
+        points.append((alpha, beta))
+    return points
+
+
+def specs(step, num, dmd_alpha, normalized_alpha, normalized_beta, points=None, baselines=True) -> list[dict]:
     out = []
-    for alpha, beta in grid_points(step, num):
+    for alpha, beta in (grid_points(step, num) if points is None else points):
         name = "UID" if (alpha, beta) == (1.0, 1.0) else f"RealUID({alpha:g}, {beta:g})"
         out.append({"name": name, "method": "RealUID", "alpha": alpha, "beta": beta, "grid": True,
                     "binds": ["DistillationTrainer.objective = @RealUID()", f"RealUID.alpha = {alpha}",
                               f"RealUID.beta = {beta}"]})
+    if not baselines:
+        return out
     for alpha in (1.0, dmd_alpha):
         out.append({"name": "DMD-KL" if alpha == 1.0 else f"DMD-KL+real({alpha:g})", "method": "DMDKL",
                     "alpha": alpha, "beta": alpha, "grid": False,
@@ -95,8 +111,74 @@ def specs(step, num, dmd_alpha, normalized_alpha, normalized_beta) -> list[dict]
     return out
 
 
+# -- the teacher -----------------------------------------------------------------------------------
+TINY = 1e-6  # a "missing" mode's teacher weight: GaussianMixture refuses 0 (tools/real_data_theory.py's teacher (a))
+
+
+def teacher_weights_of(text: str) -> list[float]:
+    """Comma-separated weights; a 0 stands for a missing mode and becomes TINY."""
+    weights = parse_numbers(text)
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise typer.BadParameter(f"{text!r}: teacher weights must be >= 0, not all 0")
+    return [w if w > 0 else TINY for w in weights]
+
+
+def parse_shift(text: str) -> tuple[int, list[float]] | None:
+    """'K:dx,dy' (mode K, counted from 0, moved by (dx, dy)) -> (K, [dx, dy]); '' -> None."""
+    if not text:
+        return None
+    mode, sep, vector = text.partition(":")
+    try:
+        k = int(mode)
+    except ValueError:
+        k = -1
+    shift = parse_numbers(vector) if sep else []
+    if k < 0 or not shift or not any(shift):
+        raise typer.BadParameter(f"{text!r} is not 'K:dx,dy' with a mode index K >= 0 and a non-zero move")
+    return k, shift
+
+
+def teacher_means_of(data_means, shift: tuple[int, list[float]] | None) -> list[list[float]]:
+    """The data's mode centres with mode K moved by the shift."""
+    means = [[float(v) for v in m] for m in data_means]
+    if shift is not None:
+        k, vector = shift
+        if k >= len(means) or len(vector) != len(means[k]):
+            raise typer.BadParameter(f"the shift {shift} does not fit {len(means)} modes of dimension {len(means[0])}")
+        means[k] = [m + v for m, v in zip(means[k], vector)]
+    return means
+
+
+def teacher_binds(weights, means=None) -> list[str]:
+    """Bindings that make the exact teacher the mixture with these weights (and mode centres, if given)."""
+    out = ["AnalyticTeacher.mixture = @teacher/GaussianMixture()",
+           f"teacher/GaussianMixture.weights = [{', '.join(str(float(w)) for w in weights)}]"]
+    return out if means is None else [*out, f"teacher/GaussianMixture.means = {means}"]
+
+
+def mode_position(samples: torch.Tensor, data_means, teacher_means, k: int) -> dict:
+    """Where the samples put the moved mode k: s = projection of their mean on the line data -> teacher.
+
+    A sample belongs to mode k when its nearest centre among the other modes and the two positions of
+    mode k (the data's and the teacher's) is one of the latter. s = <m - mu_k, d> / |d|^2 with m the
+    mean of those samples, mu_k the data's centre and d the teacher's move: 1 at the teacher, 0 at the data.
+    """
+    x = samples.detach().double().flatten(1)
+    data_means = torch.as_tensor(data_means, dtype=torch.float64)
+    moved = torch.as_tensor(teacher_means, dtype=torch.float64)[k]
+    centres = torch.cat([data_means, moved[None]])
+    nearest = torch.cdist(x, centres).argmin(1)
+    mine = x[(nearest == k) | (nearest == len(data_means))]
+    d = moved - data_means[k]
+    if len(mine) == 0:
+        return {"s": None, "share": 0.0}
+    s = float((mine.mean(0) - data_means[k]) @ d / (d @ d))
+    return {"s": round(s, 4), "share": round(len(mine) / len(x), 4)}
+
+
 # -- one run (in its own process: gin is global state) -------------------------------------------
-def run_one(spec: dict, seed: int, common: list[str], sw_target: float) -> dict:
+def run_one(spec: dict, seed: int, common: list[str], sw_target: float, moved: dict | None = None) -> dict:
+    """One run; ``moved`` = {"k", "data_means", "teacher_means"} adds the moved mode's position ``s``."""
     torch.set_num_threads(1)
     import numpy as np
 
@@ -112,19 +194,42 @@ def run_one(spec: dict, seed: int, common: list[str], sw_target: float) -> dict:
     final = rows[-1]
     vs_teacher = MixtureMetrics(mixture=loop.trainer.teacher.mixture)(samples)
     reached = next((r["step"] for r in rows if r["sw"] <= sw_target), None)
+    position = {} if moved is None else \
+        mode_position(samples, moved["data_means"], moved["teacher_means"], moved["k"])
     return {
         **{k: spec[k] for k in ("name", "method", "alpha", "beta", "grid")}, "seed": seed,
         "mwe_data": final["mode_weight_error"], "mwe_teacher": vs_teacher["mode_weight_error"],
         "sw_data": final["sw"], "sw_teacher": vs_teacher["sw"], "sw_floor": final["sw_floor"],
         "on_mode": final["on_mode"], "mode_weights": final["mode_weights"], "steps_to_target": reached,
-        "seconds": round(seconds, 1),
-        "curve": [{"step": r["step"], "sw": r["sw"], "mwe": r["mode_weight_error"]} for r in rows],
+        "seconds": round(seconds, 1), **position,
+        "curve": [{"step": r["step"], "sw": r["sw"], "mwe": r["mode_weight_error"], "w": r["mode_weights"]}
+                  for r in rows],
     }
 
 
 # -- theory: the objective's minimiser over mode weights (realuid.theory) -------------------------
-def add_theory(summary: list[dict], data, teacher) -> None:
-    """Each row's ideal mode weights (see :func:`ideal_weights`) and their errors against data and teacher."""
+def add_theory(summary: list[dict], data, teacher, shift=None) -> None:
+    """Each row's ideal mode weights (see :func:`ideal_weights`) and their errors against data and teacher.
+
+    With a moved mode (``shift``) the teacher's modes are not the data's, which ``ideal_weights`` assumes;
+    then each RealUID row gets instead ``ideal_s``: the minimiser over positions data + s * shift of the
+    moved mode, weights fixed at the data's (``tools/real_data_theory.py``'s ``moved_mode``, mode 3 only).
+    """
+    if shift is not None:
+        import sys
+
+        sys.path.insert(0, str(ROOT / "tools"))
+        import real_data_theory as rdt
+
+        k, vector = shift
+        usable = k == 2 and data.means.tolist() == torch.tensor(rdt.MEANS, dtype=torch.float64).tolist()
+        objective = rdt.Objective(data.means, data.weights, teacher.means, teacher.weights) if usable else None
+        for r in summary:
+            r["ideal_weights"] = r["ideal_mwe_data"] = r["ideal_mwe_teacher"] = None
+            is_squared = r["method"] == "RealUID"
+            r["ideal_s"] = rdt.moved_mode(objective, vector, r["alpha"], r["beta"])["s_argmin"] \
+                if usable and is_squared else None
+        return
     for r in summary:
         if r["method"] == "DMDKL":  # KL(alpha p^w + (1-alpha) p* || p^T) is minimised where the mixture is p^T
             w = (teacher.weights - (1 - r["alpha"]) * data.weights) / r["alpha"]
@@ -140,12 +245,15 @@ def add_theory(summary: list[dict], data, teacher) -> None:
 KEPT = 0.05  # a run "keeps all modes" if every mode holds at least this share of its samples
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
+def aggregate(runs: list[dict], teacher_weights=None) -> list[dict]:
     """Mean over seeds per method; steps_to_target: median over seeds that reached it (None if none did).
 
     Dropping a mode (a run-to-run event on this mixture) swamps the weight bias in a mean, so the
-    mode-weight errors are also averaged over the runs that kept every mode (``*_kept``).
+    mode-weight errors are also averaged over the runs that kept every mode (``*_kept``). A mode the
+    teacher misses (weight < KEPT) is not required to be kept. Seed spreads: ``mode_weights_sd``
+    (sample standard deviation per mode) and, for a moved mode, ``s_mean`` / ``s_sd``.
     """
+    need = [k for k, w in enumerate(teacher_weights or []) if w / sum(teacher_weights) >= KEPT] or None
     by_name: dict[str, list[dict]] = {}
     for r in runs:
         by_name.setdefault(r["name"], []).append(r)
@@ -155,12 +263,18 @@ def aggregate(runs: list[dict]) -> list[dict]:
         row = {k: rs[0][k] for k in ("name", "method", "alpha", "beta", "grid")}
         for key in ("mwe_data", "mwe_teacher", "sw_data", "sw_teacher", "on_mode"):
             row[key] = statistics.fmean(r[key] for r in rs)
-        row["mode_weights"] = [round(statistics.fmean(r["mode_weights"][k] for r in rs), 4)
-                               for k in range(len(rs[0]["mode_weights"]))]
-        kept = [r for r in rs if min(r["mode_weights"]) >= KEPT]
+        modes = range(len(rs[0]["mode_weights"]))
+        row["mode_weights"] = [round(statistics.fmean(r["mode_weights"][k] for r in rs), 4) for k in modes]
+        row["mode_weights_sd"] = [round(statistics.stdev(r["mode_weights"][k] for r in rs), 4) if len(rs) > 1
+                                  else None for k in modes]
+        kept = [r for r in rs if min(r["mode_weights"][k] for k in (need or modes)) >= KEPT]
         row["kept"] = len(kept)
         row["mwe_data_kept"] = statistics.fmean(r["mwe_data"] for r in kept) if kept else None
         row["mwe_teacher_kept"] = statistics.fmean(r["mwe_teacher"] for r in kept) if kept else None
+        positions = [r["s"] for r in rs if r.get("s") is not None]
+        if positions:
+            row["s_mean"] = round(statistics.fmean(positions), 4)
+            row["s_sd"] = round(statistics.stdev(positions), 4) if len(positions) > 1 else None
         row["seeds"] = len(rs)
         row["reached"] = len(reached)
         row["steps_to_target"] = statistics.median(reached) if reached else None
@@ -228,7 +342,7 @@ def print_tables(summary: list[dict], values: list[float], sw_target: float, con
     table = Table(title="Biased teacher, true data: final quality (mean over seeds)")
     for col in ("method", "alpha", "beta", "b/a", "mwe vs data", "mwe vs teacher", "SW vs data", "SW vs teacher",
                 "on mode", "mode weights", "all modes kept", "mwe vs data (kept)", "mwe vs teacher (kept)",
-                "ideal weights", "ideal mwe vs data", f"steps to SW<={sw_target:g}"):
+                "ideal weights", "ideal mwe vs data", f"steps to SW<={sw_target:g}", "w sd", "s (sd)", "ideal s"):
         table.add_column(col, justify="right")
     for r in sorted(summary, key=lambda r: (not r["grid"], r["method"], -r["alpha"], -r["beta"])):
         steps = "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:g} ({r['reached']}/{r['seeds']})"
@@ -238,7 +352,9 @@ def print_tables(summary: list[dict], values: list[float], sw_target: float, con
                       f"{r['sw_teacher']:.3f}", f"{r['on_mode']:.3f}", " ".join(f"{w:.2f}" for w in r["mode_weights"]),
                       f"{r['kept']}/{r['seeds']}", fmt(r["mwe_data_kept"]), fmt(r["mwe_teacher_kept"]),
                       "-" if ideal is None else " ".join(f"{w:.3f}" for w in ideal),
-                      "-" if r.get("ideal_mwe_data") is None else f"{r['ideal_mwe_data']:.3f}", steps)
+                      "-" if r.get("ideal_mwe_data") is None else f"{r['ideal_mwe_data']:.3f}", steps,
+                      " ".join(fmt(w) for w in r["mode_weights_sd"]),
+                      f"{r['s_mean']:.3f} ({fmt(r['s_sd'])})" if "s_mean" in r else "-", fmt(r.get("ideal_s")))
     console.print(table)
 
     grid = {(r["alpha"], r["beta"]): r for r in summary if r["grid"]}
@@ -294,8 +410,131 @@ def parse_numbers(text: str, kind=float) -> list:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong) mode weights, comma-separated; "
-                                             "the data's are equal"),
+# -- measured against the theory, across teachers (--compare) -------------------------------------
+THEORY_JSON = ROOT / "docs" / "results" / "real_data_theory.json"
+
+
+def quantity(row: dict, teacher: str) -> tuple[str, float | None, float | None, float | None]:
+    """The figure that tells what real data fixed: (label, measured mean, seed sd, theory) for a summary row.
+
+    Teachers 'a' (missing mode 3) and 'b' (wrong weights): the third mode's weight, theory from
+    ``ideal_weights``; teacher 'c' (mode 3 moved): its position s, theory ``ideal_s``.
+    """
+    if teacher == "c":
+        return "s", row.get("s_mean"), row.get("s_sd"), row.get("ideal_s")
+    ideal = row.get("ideal_weights")
+    return "w_3", row["mode_weights"][2], row["mode_weights_sd"][2], None if ideal is None else ideal[2]
+
+
+def compare_rows(summary: list[dict], teacher: str, data_value: float, teacher_value: float) -> list[dict]:
+    """Per (alpha, beta): measured figure against theory, data and teacher, and its distance from UID in
+    units of the seed spread (z = difference of means / sqrt(sd_1^2 / n_1 + sd_2^2 / n_2))."""
+    rows = sorted(summary, key=lambda r: (-r["alpha"], -r["beta"]))
+    uid = next((r for r in rows if (r["alpha"], r["beta"]) == (1.0, 1.0)), None)
+    out = []
+    for r in rows:
+        label, mean, sd, ideal = quantity(r, teacher)
+        z = None
+        if uid is not None and r is not uid and mean is not None:
+            _, m0, sd0, _ = quantity(uid, teacher)
+            spread = ((sd or 0) ** 2 / r["seeds"] + (sd0 or 0) ** 2 / uid["seeds"]) ** 0.5
+            z = None if m0 is None or spread == 0 else (mean - m0) / spread
+        out.append({"alpha": r["alpha"], "beta": r["beta"], "ratio": round(r["beta"] / r["alpha"], 4),
+                    "kept": f"{r['kept']}/{r['seeds']}", "label": label, "mean": mean, "sd": sd, "theory": ideal,
+                    "err_data": None if mean is None else abs(mean - data_value),
+                    "err_teacher": None if mean is None else abs(mean - teacher_value),
+                    "err_theory": None if mean is None or ideal is None else abs(mean - ideal),
+                    "mwe_data_kept": r["mwe_data_kept"], "z_vs_uid": z})
+    return out
+
+
+def compare(studies: dict[str, Path], out: Path, theory_json: Path = THEORY_JSON) -> dict:
+    """Markdown tables and two PNGs from the study JSONs of teachers a, b, c (any subset).
+
+    ``OUT/real_data_runs_beta_eq_alpha.png``: the third-mode weight against alpha at beta = alpha and at the
+    theory's best grid ratio, measured (mean +- seed sd) against the theory curves of ``theory_json`` and
+    the teacher's value (the paper's "no effect"), teachers a and b. ``OUT/real_data_runs_vs_theory.png``:
+    every measured point against its theory value, one panel per teacher.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    theory = json.loads(theory_json.read_text())
+    tables, record = [], {}
+    for name, path in studies.items():
+        saved = json.loads(Path(path).read_text())
+        weights = saved["config"]["teacher_weights"]
+        tw = [w / sum(weights) for w in weights]
+        data_value, teacher_value = (0.0, 1.0) if name == "c" else (1 / 3, tw[2])
+        rows = compare_rows(saved["summary"], name, data_value, teacher_value)
+        record[name] = {"config": saved["config"], "rows": rows}
+        label = rows[0]["label"]
+        lines = [f"| alpha | beta | b/a | kept | {label} mean +- sd | theory | err vs data | err vs teacher | "
+                 f"err vs theory | mwe vs data (kept) | z vs UID |", "|" + "---|" * 11]
+        for r in rows:
+            lines.append(f"| {r['alpha']:g} | {r['beta']:g} | {r['ratio']:.3f} | {r['kept']} | "
+                         f"{fmt(r['mean'])} +- {fmt(r['sd'])} | {fmt(r['theory'])} | {fmt(r['err_data'])} | "
+                         f"{fmt(r['err_teacher'])} | {fmt(r['err_theory'])} | {fmt(r['mwe_data_kept'])} | "
+                         f"{fmt(r['z_vs_uid'], 1)} |")
+        tables.append(f"teacher ({name}), {label}: data {data_value:.3f}, teacher {teacher_value:.3f}\n\n"
+                      + "\n".join(lines))
+
+    ratio = theory["summary"]["best_ratio_b"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, name in zip(axes, ("a", "b")):
+        curves = theory["curves"][name]
+        for key, colour, text in (("beta = alpha", "tab:blue", "theory, beta = alpha"),
+                                  ("best", "tab:red", f"theory, beta/alpha = {ratio}")):
+            pts = [(a, w[2]) for a, w in curves[key] if w is not None]
+            ax.plot(*zip(*pts), color=colour, label=text)
+        ax.axhline(curves["teacher"][2], color="black", ls="--", label="teacher = paper's 'no effect'")
+        ax.axhline(1 / 3, color="tab:green", ls=":", label="data")
+        for r in record.get(name, {}).get("rows", []):
+            same, best = r["ratio"] == 1.0, abs(r["ratio"] - ratio) < 1e-3
+            if (same or best) and r["mean"] is not None:
+                ax.errorbar(r["alpha"] + (0.004 if best and not same else 0), r["mean"], yerr=r["sd"] or 0,
+                            fmt="o" if same else "s", color="tab:blue" if same else "tab:red", capsize=3)
+        ax.set(xlabel="alpha", ylabel="third-mode weight", ylim=(-0.02, 0.4),
+               title=f"teacher ({name}) w^T = {[round(w, 3) for w in curves['teacher']]}, data thirds")
+        ax.plot([], [], "o", color="tab:blue", label="measured, beta = alpha (mean +- sd)")
+        ax.plot([], [], "s", color="tab:red", label=f"measured, beta/alpha = {ratio}")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "real_data_runs_beta_eq_alpha.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(record), figsize=(4.6 * len(record), 4.4), squeeze=False)
+    for ax, (name, rec) in zip(axes[0], record.items()):
+        rows = [r for r in rec["rows"] if r["mean"] is not None and r["theory"] is not None]
+        for r in rows:
+            ax.errorbar(r["theory"], r["mean"], yerr=r["sd"] or 0, fmt="o", capsize=3,
+                        color="tab:blue" if r["ratio"] == 1.0 else "tab:orange" if r["alpha"] >= 0.86 else "tab:red")
+            ax.annotate(f"({r['alpha']:g}, {r['beta']:g})", (r["theory"], r["mean"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        values = [v for r in rows for v in (r["theory"], r["mean"])] or [0, 1]
+        lo, hi = min(values) - 0.05, max(values) + 0.05
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+        ax.set(xlabel=f"theory {rows[0]['label'] if rows else ''}", ylabel="measured (mean +- seed sd)",
+               title=f"teacher ({name}); blue beta = alpha, orange near 1, red far")
+    fig.tight_layout()
+    fig.savefig(out / "real_data_runs_vs_theory.png", dpi=110)
+    plt.close(fig)
+    text = "\n\n".join(tables)
+    (out / "real_data_runs_tables.md").write_text(text + "\n")
+    (out / "real_data_runs.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(text)
+    return record
+
+
+def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's mode weights, comma-separated; "
+                                             "a 0 (a missing mode) becomes 1e-6; the data's are equal"),
+         teacher_shift: str = typer.Option("", help="'K:dx,dy': the teacher's mode K (from 0) moved by (dx, dy); "
+                                           "reports the students' mode-K position s (1 = teacher, 0 = data)"),
+         points: str = typer.Option("", help="'alpha,beta;alpha,beta;...': run these RealUID settings instead "
+                                    "of the step/num grid (alpha = beta = 1 is UID)"),
+         baselines: bool = typer.Option(True, help="also run DMD-KL and the normalized distance"),
          step: float = typer.Option(0.04, help="grid step of alpha and beta (the paper's: 0.02)"),
          num: int = typer.Option(4, help="grid values per axis: 1, 1 - step, ... (the paper's: 8)"),
          seeds: str = typer.Option("0", help="comma-separated seeds"),
@@ -309,26 +548,41 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
          theory: bool = typer.Option(True, help="also compute each objective's ideal mode weights"),
          merge: str = typer.Option("", help="comma-separated JSON files of earlier runs of this tool (same "
                                    "settings, other seeds): combine their runs instead of running"),
+         compare_studies: str = typer.Option("", "--compare", help="'a=A.json,b=B.json,c=C.json': no runs; "
+                                             "tables and plots of these studies against the theory, into OUT"),
          out: Path = typer.Option(Path("runs/real_data_study"), help="folder for the JSON and the PNG")):
     """Run the study, print the tables, write JSON and the heat map."""
+    if compare_studies:
+        out.mkdir(parents=True, exist_ok=True)
+        return compare(dict(part.split("=", 1) for part in compare_studies.split(",") if part), out)
     console = Console(width=max(Console().width, 230))
-    teacher_weights, seeds = parse_numbers(teacher_weights), parse_numbers(seeds, int)
+    teacher_weights, seeds = teacher_weights_of(teacher_weights), parse_numbers(seeds, int)
+    shift, chosen = parse_shift(teacher_shift), parse_points(points) if points else None
     if not (step > 0 and num >= 1 and 1 - (num - 1) * step > 0):
         raise typer.BadParameter("need step > 0, num >= 1 and 1 - (num - 1) * step > 0")
-    weights = ", ".join(str(float(w)) for w in teacher_weights)
     common = [f"TrainingLoop.steps = {steps}", f"TrainingLoop.eval_every = {eval_every}",
               f"TrainingLoop.checkpoint_every = {steps}", f"TrainingLoop.eval_samples = {eval_samples}",
-              "AnalyticTeacher.mixture = @teacher/GaussianMixture()", f"teacher/GaussianMixture.weights = [{weights}]"]
+              *teacher_binds(teacher_weights)]
     runs, start = [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"teacher_weights": teacher_weights, "steps": steps, "eval_every": eval_every,
                 "eval_samples": eval_samples, "sw_target": sw_target}
+    moved = None
+    if shift is not None:
+        from realuid.engine.runner import build
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data_means = build(BASE, common, out=Path(tmp) / "x", progress=False)[0].data.means.tolist()
+        teacher_means = teacher_means_of(data_means, shift)
+        common = [*common[:-2], *teacher_binds(teacher_weights, teacher_means)]
+        settings["teacher_shift"] = [shift[0], shift[1]]
+        moved = {"k": shift[0], "data_means": data_means, "teacher_means": teacher_means}
     journal = out / "runs.jsonl"  # one line per finished run: an interrupted study resumes from it
     if merge:
         runs, seeds = merged_runs([Path(p) for p in merge.split(",") if p], teacher_weights, step, num, steps)
         console.print(f"merged {len(runs)} runs (seeds {seeds})")
-    todo = [] if merge else \
-        [(s, seed) for s in specs(step, num, dmd_alpha, normalized_alpha, normalized_beta) for seed in seeds]
+    todo = [] if merge else [(s, seed) for seed in seeds for s in
+                             specs(step, num, dmd_alpha, normalized_alpha, normalized_beta, chosen, baselines)]
     if todo and journal.is_file():
         wanted = {(s["name"], seed) for s, seed in todo}
         for line in journal.read_text().splitlines():
@@ -340,18 +594,19 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
         todo = [(s, seed) for s, seed in todo if (s["name"], seed) not in done_keys]
         console.print(f"resuming: {len(runs)} finished runs read from {journal}")
     if todo:
-        console.print(f"{len(todo)} runs of {steps} steps on {workers} worker(s); teacher weights {teacher_weights}")
+        console.print(f"{len(todo)} runs of {steps} steps on {workers} worker(s); teacher weights {teacher_weights}"
+                      + (f", mode {shift[0]} moved by {shift[1]}" if shift else ""))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_one, s, seed, common, sw_target): (s["name"], seed) for s, seed in todo}
+        futures = {pool.submit(run_one, s, seed, common, sw_target, moved): (s["name"], seed) for s, seed in todo}
         for done, future in enumerate(as_completed(futures), 1):
             r = future.result()
             runs.append(r)
             with journal.open("a") as f:
                 f.write(json.dumps({"settings": settings, "run": r}, default=float) + "\n")
             console.print(f"[{done}/{len(todo)} {time.perf_counter() - start:.0f}s] {r['name']} seed {r['seed']}: "
-                          f"mwe data {r['mwe_data']:.3f} teacher {r['mwe_teacher']:.3f}, SW {r['sw_data']:.3f}, "
-                          f"steps to target {r['steps_to_target']}")
-    summary = aggregate(runs)
+                          f"weights {r['mode_weights']}" + (f", s {r['s']}" if "s" in r else "")
+                          + f", mwe data {r['mwe_data']:.3f} teacher {r['mwe_teacher']:.3f}, SW {r['sw_data']:.3f}")
+    summary = aggregate(runs, teacher_weights)
     if theory:
         from realuid.data.gmm import GaussianMixture
         from realuid.engine.runner import build
@@ -360,20 +615,22 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's (wrong
             loop, _ = build(BASE, common, out=Path(tmp) / "x", progress=False)
             data, teacher = loop.data, loop.trainer.teacher.mixture
         assert isinstance(data, GaussianMixture) and isinstance(teacher, GaussianMixture)
-        add_theory(summary, data, teacher)
-    values = grid_values(step, num)
+        add_theory(summary, data, teacher, shift)
+    values = grid_values(step, num) if chosen is None else []
     answer = print_tables(summary, values, sw_target, console)
-    result = {"config": {"teacher_weights": teacher_weights, "step": step, "num": num, "seeds": seeds, "steps": steps,
+    result = {"config": {"teacher_weights": teacher_weights, "teacher_shift": settings.get("teacher_shift"),
+                         "points": chosen, "step": step, "num": num, "seeds": seeds, "steps": steps,
                          "eval_every": eval_every, "eval_samples": eval_samples, "sw_target": sw_target,
                          "dmd_alpha": dmd_alpha, "normalized": [normalized_alpha, normalized_beta],
                          "recipe": str(BASE.relative_to(ROOT)), "bindings": common,
                          "wall_seconds": round(time.perf_counter() - start, 1)},
               "summary": summary, "convergence": answer, "runs": runs}
     (out / "real_data_study.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    heat_map(summary, values, out / "real_data_study_grid.png",
-             f"RealUID grid, teacher weights {teacher_weights} vs equal data weights; {len(seeds)} seed(s), "
-             f"{steps} steps")
-    console.print(f"wrote {out / 'real_data_study.json'} and {out / 'real_data_study_grid.png'}")
+    if chosen is None:
+        heat_map(summary, values, out / "real_data_study_grid.png",
+                 f"RealUID grid, teacher weights {teacher_weights} vs equal data weights; {len(seeds)} seed(s), "
+                 f"{steps} steps")
+    console.print(f"wrote {out / 'real_data_study.json'}" + ("" if chosen else f" and {out / 'real_data_study_grid.png'}"))
     return result
 
 
