@@ -1,4 +1,4 @@
-"""tools/real_data_study.py: the teachers it builds (missing, re-weighted, moved mode) and the moved mode's position s."""
+"""tools/real_data_study.py: the teachers it builds (a missing, a re-weighted, a moved mode); the position s."""
 
 from __future__ import annotations
 

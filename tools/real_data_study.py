@@ -31,6 +31,20 @@ against the teacher, ideal error against the data). It measures; it decides noth
                                                                       # baselines, x3 seeds: ~1.5 h on 2 cores)
     python tools/real_data_study.py --teacher-weights 1,1,1           # an unbiased teacher (convergence only)
 
+Teachers (issue 17, part 2; the theory is ``tools/real_data_theory.py``):
+
+* (a) a missing mode: ``--teacher-weights 1,1,0`` (a 0 becomes 1e-6: ``GaussianMixture`` refuses 0);
+* (b) wrong weights: ``--teacher-weights 2,1,1`` (the default);
+* (c) a moved mode: ``--teacher-weights 1,1,1 --teacher-shift 2:1.5,0`` (mode 2, counted from 0, moved by
+  (1.5, 0)); each run also reports ``s``, the projection of its mode's sample mean on the line data -> teacher
+  (1 = teacher, 0 = data), and the theory's ``ideal_s`` (the objective minimised over that line,
+  weights fixed at the data's: ``real_data_theory.moved_mode``).
+
+``--points 'a,b;a,b'`` runs chosen settings instead of the grid, ``--no-baselines`` skips DMD-KL and the
+normalized distance, and ``--compare a=A.json,b=B.json,c=C.json`` runs nothing: it writes markdown tables
+and the plots ``real_data_runs_beta_eq_alpha.png`` and ``real_data_runs_vs_theory.png`` (measured mean +-
+seed sd against the theory) into ``--out``.
+
 Each finished run is appended to ``OUT/runs.jsonl``; running the same command again resumes
 an interrupted study (finished runs with the same settings are read back, not rerun), and
 ``--merge A.json,B.json`` combines studies made with other seeds.
@@ -245,13 +259,21 @@ def add_theory(summary: list[dict], data, teacher, shift=None) -> None:
 KEPT = 0.05  # a run "keeps all modes" if every mode holds at least this share of its samples
 
 
+def spread(row: dict, suffix: str, values: list[float], name: str) -> None:
+    """row[name + '_mean' + suffix], row[name + '_sd' + suffix]: mean and sample sd (None below 2 values)."""
+    if values:
+        row[f"{name}_mean{suffix}"] = round(statistics.fmean(values), 4)
+        row[f"{name}_sd{suffix}"] = round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
 def aggregate(runs: list[dict], teacher_weights=None) -> list[dict]:
     """Mean over seeds per method; steps_to_target: median over seeds that reached it (None if none did).
 
     Dropping a mode (a run-to-run event on this mixture) swamps the weight bias in a mean, so the
     mode-weight errors are also averaged over the runs that kept every mode (``*_kept``). A mode the
     teacher misses (weight < KEPT) is not required to be kept. Seed spreads: ``mode_weights_sd``
-    (sample standard deviation per mode) and, for a moved mode, ``s_mean`` / ``s_sd``.
+    (sample standard deviation per mode), ``w3_mean`` / ``w3_sd`` (the third mode) and, for a moved mode,
+    ``s_mean`` / ``s_sd``; with ``_kept``: over the seeds that kept the modes.
     """
     need = [k for k, w in enumerate(teacher_weights or []) if w / sum(teacher_weights) >= KEPT] or None
     by_name: dict[str, list[dict]] = {}
@@ -271,10 +293,9 @@ def aggregate(runs: list[dict], teacher_weights=None) -> list[dict]:
         row["kept"] = len(kept)
         row["mwe_data_kept"] = statistics.fmean(r["mwe_data"] for r in kept) if kept else None
         row["mwe_teacher_kept"] = statistics.fmean(r["mwe_teacher"] for r in kept) if kept else None
-        positions = [r["s"] for r in rs if r.get("s") is not None]
-        if positions:
-            row["s_mean"] = round(statistics.fmean(positions), 4)
-            row["s_sd"] = round(statistics.stdev(positions), 4) if len(positions) > 1 else None
+        for suffix, group in (("", rs), ("_kept", kept)):  # the seeds' spread, of all seeds and of the kept ones
+            spread(row, suffix, [r["mode_weights"][2] for r in group if len(r["mode_weights"]) > 2], "w3")
+            spread(row, suffix, [r["s"] for r in group if r.get("s") is not None], "s")
         row["seeds"] = len(rs)
         row["reached"] = len(reached)
         row["steps_to_target"] = statistics.median(reached) if reached else None
@@ -414,16 +435,17 @@ def parse_numbers(text: str, kind=float) -> list:
 THEORY_JSON = ROOT / "docs" / "results" / "real_data_theory.json"
 
 
-def quantity(row: dict, teacher: str) -> tuple[str, float | None, float | None, float | None]:
-    """The figure that tells what real data fixed: (label, measured mean, seed sd, theory) for a summary row.
+def quantity(row: dict, teacher: str, suffix: str = "_kept") -> tuple:
+    """The figure that tells what real data fixed: (label, measured mean, seed sd, theory) for a summary row,
+    over the seeds that kept the modes (``suffix = '_kept'``) or all seeds (``''``).
 
     Teachers 'a' (missing mode 3) and 'b' (wrong weights): the third mode's weight, theory from
     ``ideal_weights``; teacher 'c' (mode 3 moved): its position s, theory ``ideal_s``.
     """
     if teacher == "c":
-        return "s", row.get("s_mean"), row.get("s_sd"), row.get("ideal_s")
+        return "s", row.get(f"s_mean{suffix}"), row.get(f"s_sd{suffix}"), row.get("ideal_s")
     ideal = row.get("ideal_weights")
-    return "w_3", row["mode_weights"][2], row["mode_weights_sd"][2], None if ideal is None else ideal[2]
+    return "w_3", row.get(f"w3_mean{suffix}"), row.get(f"w3_sd{suffix}"), None if ideal is None else ideal[2]
 
 
 def compare_rows(summary: list[dict], teacher: str, data_value: float, teacher_value: float) -> list[dict]:
@@ -434,13 +456,15 @@ def compare_rows(summary: list[dict], teacher: str, data_value: float, teacher_v
     out = []
     for r in rows:
         label, mean, sd, ideal = quantity(r, teacher)
+        _, mean_all, sd_all, _ = quantity(r, teacher, "")
         z = None
         if uid is not None and r is not uid and mean is not None:
             _, m0, sd0, _ = quantity(uid, teacher)
-            spread = ((sd or 0) ** 2 / r["seeds"] + (sd0 or 0) ** 2 / uid["seeds"]) ** 0.5
+            spread = ((sd or 0) ** 2 / max(r["kept"], 1) + (sd0 or 0) ** 2 / max(uid["kept"], 1)) ** 0.5
             z = None if m0 is None or spread == 0 else (mean - m0) / spread
         out.append({"alpha": r["alpha"], "beta": r["beta"], "ratio": round(r["beta"] / r["alpha"], 4),
                     "kept": f"{r['kept']}/{r['seeds']}", "label": label, "mean": mean, "sd": sd, "theory": ideal,
+                    "mean_all": mean_all, "sd_all": sd_all,
                     "err_data": None if mean is None else abs(mean - data_value),
                     "err_teacher": None if mean is None else abs(mean - teacher_value),
                     "err_theory": None if mean is None or ideal is None else abs(mean - ideal),
@@ -468,17 +492,20 @@ def compare(studies: dict[str, Path], out: Path, theory_json: Path = THEORY_JSON
         weights = saved["config"]["teacher_weights"]
         tw = [w / sum(weights) for w in weights]
         data_value, teacher_value = (0.0, 1.0) if name == "c" else (1 / 3, tw[2])
-        rows = compare_rows(saved["summary"], name, data_value, teacher_value)
+        theory_of = {r["name"]: {k: v for k, v in r.items() if k.startswith("ideal")} for r in saved["summary"]}
+        summary = [{**r, **theory_of.get(r["name"], {})} for r in aggregate(saved["runs"], weights)]
+        rows = compare_rows(summary, name, data_value, teacher_value)
         record[name] = {"config": saved["config"], "rows": rows}
         label = rows[0]["label"]
-        lines = [f"| alpha | beta | b/a | kept | {label} mean +- sd | theory | err vs data | err vs teacher | "
-                 f"err vs theory | mwe vs data (kept) | z vs UID |", "|" + "---|" * 11]
+        lines = [f"| alpha | beta | b/a | kept | {label} (kept) mean +- sd | theory | err vs data | err vs teacher | "
+                 f"err vs theory | z vs UID | {label} all seeds | mwe vs data (kept) |", "|" + "---|" * 12]
         for r in rows:
             lines.append(f"| {r['alpha']:g} | {r['beta']:g} | {r['ratio']:.3f} | {r['kept']} | "
                          f"{fmt(r['mean'])} +- {fmt(r['sd'])} | {fmt(r['theory'])} | {fmt(r['err_data'])} | "
-                         f"{fmt(r['err_teacher'])} | {fmt(r['err_theory'])} | {fmt(r['mwe_data_kept'])} | "
-                         f"{fmt(r['z_vs_uid'], 1)} |")
-        tables.append(f"teacher ({name}), {label}: data {data_value:.3f}, teacher {teacher_value:.3f}\n\n"
+                         f"{fmt(r['err_teacher'])} | {fmt(r['err_theory'])} | {fmt(r['z_vs_uid'], 1)} | "
+                         f"{fmt(r['mean_all'])} +- {fmt(r['sd_all'])} | {fmt(r['mwe_data_kept'])} |")
+        tables.append(f"teacher ({name}), {label}: data {data_value:.3f}, teacher {teacher_value:.3f}; kept = seeds "
+                      f"that kept every mode the teacher has (each >= {KEPT} of the samples)\n\n"
                       + "\n".join(lines))
 
     ratio = theory["summary"]["best_ratio_b"]
@@ -500,7 +527,7 @@ def compare(studies: dict[str, Path], out: Path, theory_json: Path = THEORY_JSON
                title=f"teacher ({name}) w^T = {[round(w, 3) for w in curves['teacher']]}, data thirds")
         ax.plot([], [], "o", color="tab:blue", label="measured, beta = alpha (mean +- sd)")
         ax.plot([], [], "s", color="tab:red", label=f"measured, beta/alpha = {ratio}")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="center right" if name == "a" else "lower right")
     fig.tight_layout()
     fig.savefig(out / "real_data_runs_beta_eq_alpha.png", dpi=110)
     plt.close(fig)
@@ -630,7 +657,8 @@ def main(teacher_weights: str = typer.Option("2,1,1", help="the teacher's mode w
         heat_map(summary, values, out / "real_data_study_grid.png",
                  f"RealUID grid, teacher weights {teacher_weights} vs equal data weights; {len(seeds)} seed(s), "
                  f"{steps} steps")
-    console.print(f"wrote {out / 'real_data_study.json'}" + ("" if chosen else f" and {out / 'real_data_study_grid.png'}"))
+    console.print(f"wrote {out / 'real_data_study.json'}"
+                  + ("" if chosen else f" and {out / 'real_data_study_grid.png'}"))
     return result
 
 
