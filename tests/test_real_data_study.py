@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -85,3 +86,27 @@ def test_points_follow_the_design_rules_and_kept_ignores_a_missing_mode():
     assert rds.aggregate(runs, [1, 1, 1])[0]["kept"] == 0
     assert missing["s_mean"] == pytest.approx(1.0) and missing["s_sd"] == pytest.approx(0.1414, abs=1e-3)
     assert missing["mode_weights_sd"][0] == pytest.approx(0.3536, abs=1e-3)
+
+
+def test_compare_keeps_settings_whose_mode_every_seed_lost_in_the_tables_and_plots(tmp_path):
+    """A point where no seed kept the modes has no kept mean but an all-seeds mean (w_3 = 0): both are reported,
+    and the plots are written (the PNGs draw it hollow instead of leaving it out)."""
+    def run(name, alpha, beta, seed, weights):
+        return {"name": name, "method": "RealUID", "alpha": alpha, "beta": beta, "grid": True, "seed": seed,
+                "mwe_data": max(abs(w - 1 / 3) for w in weights), "mwe_teacher": 0.0, "sw_data": 1.0,
+                "sw_teacher": 0.1, "on_mode": 0.9, "mode_weights": weights, "steps_to_target": None}
+
+    runs = [run("UID", 1.0, 1.0, s, [0.5, 0.25 + d, 0.25 - d]) for s, d in enumerate((0.0, 0.01, -0.01))]
+    runs += [run("RealUID(0.94, 0.94)", 0.94, 0.94, s, [0.66, 0.34, 0.0]) for s in range(3)]
+    summary = [{"name": "UID", "ideal_weights": [0.5, 0.25, 0.25]},
+               {"name": "RealUID(0.94, 0.94)", "ideal_weights": [0.5106, 0.2447, 0.2447]}]
+    study = tmp_path / "b.json"
+    study.write_text(json.dumps({"config": {"teacher_weights": [2.0, 1.0, 1.0]}, "summary": summary, "runs": runs}))
+    record = rds.compare({"b": study}, tmp_path)
+    rows = {(r["alpha"], r["beta"]): r for r in record["b"]["rows"]}
+    lost = rows[(0.94, 0.94)]
+    assert lost["kept"] == "0/3" and lost["mean"] is None and lost["mean_all"] == 0.0 and lost["theory"] == 0.2447
+    assert rows[(1.0, 1.0)]["kept"] == "3/3" and rows[(1.0, 1.0)]["mean"] == pytest.approx(0.25)
+    for png in ("real_data_runs_beta_eq_alpha.png", "real_data_runs_vs_theory.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    assert "0/3" in (tmp_path / "real_data_runs_tables.md").read_text()

@@ -509,7 +509,8 @@ def compare(studies: dict[str, Path], out: Path, theory_json: Path = THEORY_JSON
                       + "\n".join(lines))
 
     ratio = theory["summary"]["best_ratio_b"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    measured = "mean +- seed sd over the seeds that kept every teacher mode; hollow: over all seeds"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, name in zip(axes, ("a", "b")):
         curves = theory["curves"][name]
         for key, colour, text in (("beta = alpha", "tab:blue", "theory, beta = alpha"),
@@ -520,31 +521,76 @@ def compare(studies: dict[str, Path], out: Path, theory_json: Path = THEORY_JSON
         ax.axhline(1 / 3, color="tab:green", ls=":", label="data")
         for r in record.get(name, {}).get("rows", []):
             same, best = r["ratio"] == 1.0, abs(r["ratio"] - ratio) < 1e-3
-            if (same or best) and r["mean"] is not None:
-                ax.errorbar(r["alpha"] + (0.004 if best and not same else 0), r["mean"], yerr=r["sd"] or 0,
-                            fmt="o" if same else "s", color="tab:blue" if same else "tab:red", capsize=3)
-        ax.set(xlabel="alpha", ylabel="third-mode weight", ylim=(-0.02, 0.4),
+            if not (same or best):
+                continue
+            x, c, m = r["alpha"] + (0.006 if best and not same else 0), "tab:blue" if same else "tab:red", \
+                "o" if same else "s"
+            if r["mean"] is not None:
+                ax.errorbar(x, r["mean"], yerr=r["sd"] or 0, fmt=m, color=c, capsize=3)
+            if r["mean_all"] is not None and (r["mean"] is None or abs(r["mean_all"] - r["mean"]) > 1e-4):
+                ax.errorbar(x + 0.012, r["mean_all"], yerr=r["sd_all"] or 0, fmt=m, color=c, mfc="white",
+                            capsize=3)
+            kept, seeds = r["kept"].split("/")
+            if kept != seeds:  # only where some seed dropped a mode
+                ax.annotate(f"kept {r['kept']}", (x, r["mean"] if r["mean"] is not None else r["mean_all"] or 0),
+                            fontsize=6, xytext=(4, -10), textcoords="offset points")
+        ax.set(xlabel="alpha", ylabel="third-mode weight w_3", ylim=(-0.03, 0.45),
                title=f"teacher ({name}) w^T = {[round(w, 3) for w in curves['teacher']]}, data thirds")
-        ax.plot([], [], "o", color="tab:blue", label="measured, beta = alpha (mean +- sd)")
+        ax.plot([], [], "o", color="tab:blue", label="measured, beta = alpha")
         ax.plot([], [], "s", color="tab:red", label=f"measured, beta/alpha = {ratio}")
-        ax.legend(fontsize=7, loc="center right" if name == "a" else "lower right")
+        ax.plot([], [], "o", color="grey", mfc="white", label="measured, all seeds (modes dropped)")
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.suptitle(f"Third-mode weight at beta = alpha; measured: {measured}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "real_data_runs_beta_eq_alpha.png", dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(record), figsize=(4.6 * len(record), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(record), figsize=(5.2 * len(record), 5.2), squeeze=False)
     for ax, (name, rec) in zip(axes[0], record.items()):
-        rows = [r for r in rec["rows"] if r["mean"] is not None and r["theory"] is not None]
+        rows = [r for r in rec["rows"] if r["theory"] is not None]
+        label = rec["rows"][0]["label"] if rec["rows"] else ""
+        points: dict[tuple, list[str]] = {}  # one label per place: settings that land on the same point share it
         for r in rows:
-            ax.errorbar(r["theory"], r["mean"], yerr=r["sd"] or 0, fmt="o", capsize=3,
-                        color="tab:blue" if r["ratio"] == 1.0 else "tab:orange" if r["alpha"] >= 0.86 else "tab:red")
-            ax.annotate(f"({r['alpha']:g}, {r['beta']:g})", (r["theory"], r["mean"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-        values = [v for r in rows for v in (r["theory"], r["mean"])] or [0, 1]
+            c = "tab:blue" if r["ratio"] == 1.0 else "tab:orange" if r["alpha"] >= 0.86 else "tab:red"
+            if r["mean"] is not None:
+                ax.errorbar(r["theory"], r["mean"], yerr=r["sd"] or 0, fmt="o", capsize=3, color=c)
+                points.setdefault((round(r["theory"], 2), round(r["mean"], 2)), []).append(
+                    f"({r['alpha']:g}, {r['beta']:g}) {r['kept']}")
+            if r["mean_all"] is not None and (r["mean"] is None or abs(r["mean_all"] - r["mean"]) > 1e-4):
+                ax.errorbar(r["theory"], r["mean_all"], yerr=r["sd_all"] or 0, fmt="o", capsize=3, color=c,
+                            mfc="white")
+                points.setdefault((round(r["theory"], 2), round(r["mean_all"], 2)), []).append(
+                    f"({r['alpha']:g}, {r['beta']:g}) all")
+        values = [v for r in rows for v in (r["theory"], r["mean"], r["mean_all"]) if v is not None] or [0, 1]
+        near = 0.05 * (max(values) - min(values) or 1)
+        groups: list[list] = []  # labels of points closer than 5% of the range share one block
+        for (x, y), texts in points.items():
+            g = next((g for g in groups if abs(g[0] - x) < near and abs(g[1] - y) < near), None)
+            if g is None:
+                groups.append([x, y, list(texts)])
+            else:
+                g[2] += texts
+        levels: list[int] = []  # labels of neighbours on one level are staggered upwards
+        for i, (x, y, texts) in enumerate(groups):
+            taken = {levels[j] for j, g in enumerate(groups[:i]) if abs(y - g[1]) < near and abs(x - g[0]) < 6 * near}
+            k = min(set(range(len(groups) + 1)) - taken)
+            levels.append(k)
+            ax.annotate("\n".join(texts), (x, y), fontsize=6, xytext=(4, 2 + 12 * k), textcoords="offset points",
+                        va="bottom")
         lo, hi = min(values) - 0.05, max(values) + 0.05
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-        ax.set(xlabel=f"theory {rows[0]['label'] if rows else ''}", ylabel="measured (mean +- seed sd)",
-               title=f"teacher ({name}); blue beta = alpha, orange near 1, red far")
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, label="measured = theory")
+        missing = [f"({r['alpha']:g}, {r['beta']:g})" for r in rows if r["mean"] is None and r["mean_all"] is None]
+        if missing:
+            ax.text(0.98, 0.02, "not measurable (mode lost in every seed):\n" + ", ".join(missing),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=6)
+        for c, text in (("tab:blue", "beta = alpha"), ("tab:orange", "beta != alpha, alpha >= 0.86"),
+                        ("tab:red", "beta != alpha, alpha < 0.86")):
+            ax.plot([], [], "o", color=c, label=text)
+        ax.plot([], [], "o", color="grey", mfc="white", label="all seeds (where they differ)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set(xlabel=f"theory (ideal) {label}", ylabel=f"measured {label} (mean +- seed sd)",
+               title=f"teacher ({name}): {label}, measured against theory")
+    fig.suptitle(f"Measured: {measured}; labels: (alpha, beta) kept/seeds", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "real_data_runs_vs_theory.png", dpi=110)
     plt.close(fig)
