@@ -35,7 +35,11 @@ class Coupling(ABC):
     @abstractmethod
     def sample(self, real: Batch | None, n: int, shape: tuple[int, ...], generator: torch.Generator,
                device: torch.device | str) -> CoupledBatch:
-        """x1 for n samples of the given per-sample shape."""
+        """x1 for n samples of the given per-sample shape.
+
+        ``real`` holds all n samples when :attr:`needs_data`; otherwise it may hold only one rank's rows
+        of them (data parallelism): x1 has n rows all the same, and ``cond`` as many rows as ``real``.
+        """
 
 
 @register("coupling")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realuid.data.base import Batch, DataSource
+from realuid.data.base import ALL_ROWS, Batch, DataSource
 from realuid.data.shards import copies_on, to_unit_range
 from realuid.errors import UserError
 from realuid.components import register
@@ -257,9 +257,10 @@ class CIFAR10Shards(DataSource):
     def _arrays_on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         return copies_on(self._on_device, device, self.images, self.labels)
 
-    def next_batch(self, n: int, device: torch.device | str = "cpu") -> Batch:
+    def next_batch(self, n: int, device: torch.device | str = "cpu", rows: slice = ALL_ROWS) -> Batch:
         index = torch.randint(len(self.images), (n,), generator=self.generator)
         flip = torch.rand(n, generator=self.generator) < 0.5
+        index, flip = index[rows], flip[rows]
         images, labels = self._arrays_on(device)
         index = index.to(images.device, non_blocking=True)
         x = images[index]

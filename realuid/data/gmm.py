@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from realuid.data.base import Batch, DataSource
+from realuid.data.base import ALL_ROWS, Batch, DataSource
 from realuid.errors import UserError
 from realuid.components import register
 
@@ -112,9 +112,9 @@ class GaussianMixture(DataSource):
         eps = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         return self.means[modes] + torch.einsum("nij,nj->ni", self._chol[modes], eps)
 
-    def next_batch(self, n, device="cpu"):
+    def next_batch(self, n, device="cpu", rows=ALL_ROWS):
         x, modes = self.sample(n, self._rng)
-        x = x.to(device=device, dtype=torch.get_default_dtype())
+        x, modes = x[rows].to(device=device, dtype=torch.get_default_dtype()), modes[rows]
         return Batch(x, modes.to(device) if self.labelled else None)
 
     def state_dict(self):

@@ -14,8 +14,9 @@ streamed, is defined once (:class:`EpochOrder`): epoch ``e`` is a permutation
 of the sample indices drawn from the source's generator (``torch.randperm``),
 followed by one flip bit per position (``torch.rand < 1/2``). Under
 ``TrainingLoop``'s data parallelism every rank draws the same global batch and
-keeps its own contiguous slice of it (:mod:`realuid.engine.distributed`), so the
-ranks' images are disjoint and together cover each epoch; a loop that gives
+reads only its own contiguous rows of it (``next_batch(n, rows=...)``,
+:mod:`realuid.engine.distributed`), so the ranks' images are disjoint and
+together cover each epoch; a loop that gives
 each process its own batches instead binds ``rank``/``world_size``: rank ``r``
 of ``W`` then serves positions ``r, r + W, r + 2W, ...`` of each epoch.
 The in-memory source indexes its uint8 array with those indices; the streaming
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from realuid.components import register
-from realuid.data.base import Batch, DataSource
+from realuid.data.base import ALL_ROWS, Batch, DataSource
 from realuid.errors import UserError, check_count
 
 MANIFEST_NAME = "manifest.json"
@@ -542,15 +543,15 @@ class ImageShards(DataSource):
     start): a restored source continues bit for bit.
 
     **Data parallelism**: ``TrainingLoop`` seeds every rank alike, each rank
-    asks for the global batch and keeps its contiguous slice
-    (:meth:`realuid.engine.distributed.Distributed.shard`), so within an epoch
+    asks for its contiguous rows of the global batch
+    (:meth:`realuid.engine.distributed.Distributed.batch_rows`), so within an epoch
     the ranks' images are disjoint and together cover it, and a run resumed on
     another number of processes continues the same sequence; leave ``rank`` and
     ``world_size`` unset there. A loop that gives each process its own batches
     binds them: rank ``r`` of ``W`` then serves positions ``r, r + W, ...`` of
     every epoch permutation (disjoint, covering the epoch, same seed on every
-    rank). In streaming mode under ``TrainingLoop`` each rank decodes the whole
-    global batch (in memory, indexing costs nothing).
+    rank). In streaming mode each rank reads and decodes only its rows (and
+    prefetches the same rows of the next batch).
 
     **Memory rule**: the decoded set takes ``count * 3 * H * W`` bytes (uint8).
     When that is at most ``max_memory_gb * 10^9`` every image is decoded once,
@@ -661,8 +662,9 @@ class ImageShards(DataSource):
             self._prefetch[1].cancel()
             self._prefetch = None
 
-    def _stream(self, n: int, index: torch.Tensor, key: tuple) -> torch.Tensor:
-        """Pixels of ``index`` (the prefetched ones when they match), then start fetching the next batch."""
+    def _stream(self, n: int, rows: slice, index: torch.Tensor, key: tuple) -> torch.Tensor:
+        """Pixels of ``index`` (the prefetched ones when they match), then start fetching the same rows of the
+        next batch of ``n``."""
         if self._prefetch is not None and self._prefetch[0] == key:
             pixels = self._prefetch[1].result()
         else:
@@ -671,17 +673,18 @@ class ImageShards(DataSource):
         self._prefetch = None
         if self._prefetcher is None:
             self._prefetcher = ThreadPoolExecutor(1)
-        following = self.order.peek(n)
-        self._prefetch = ((self.order.epoch, self.order.position, n),
+        following = self.order.peek(n)[rows]
+        self._prefetch = ((self.order.epoch, self.order.position, n, rows),
                           self._prefetcher.submit(self.reader.fetch, following))
         return pixels
 
-    def next_batch(self, n: int, device: torch.device | str = "cpu") -> Batch:
+    def next_batch(self, n: int, device: torch.device | str = "cpu", rows: slice = ALL_ROWS) -> Batch:
         check_count(n, "the batch size")
-        key = (self.order.epoch, self.order.position, n)
+        key = (self.order.epoch, self.order.position, n, rows)
         index, flips = self.order.take(n)
+        index, flips = index[rows], flips[rows]
         if self.streaming:
-            x = self._stream(n, index, key).to(device, non_blocking=True)
+            x = self._stream(n, rows, index, key).to(device, non_blocking=True)
             labels = self.labels[index].to(device) if self.conditional else None
         else:
             images, all_labels = self._arrays_on(device)

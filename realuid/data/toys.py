@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from realuid.data.base import Batch, DataSource
+from realuid.data.base import ALL_ROWS, Batch, DataSource
 from realuid.components import register
 
 
@@ -25,9 +25,9 @@ class _Toy2D(DataSource):
     def seed(self, seed):
         self._rng.manual_seed(int(seed))
 
-    def next_batch(self, n, device="cpu"):
+    def next_batch(self, n, device="cpu", rows=ALL_ROWS):
         x = self.draw(n) + self.noise * torch.randn(n, 2, generator=self._rng, dtype=torch.float64)
-        return Batch(x.to(device=device, dtype=torch.get_default_dtype()))
+        return Batch(x[rows].to(device=device, dtype=torch.get_default_dtype()))
 
     def state_dict(self):
         return {"rng": self._rng.get_state()}

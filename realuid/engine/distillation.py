@@ -194,26 +194,26 @@ class DistillationTrainer(Trainer):
         """A generated path sample (and a real one sharing x1 and t, paper Algorithm 1).
 
         The global batch is drawn from the loop's streams and this rank keeps its slice
-        (:meth:`~realuid.engine.distributed.Distributed.shard`); with gradients the
+        (:meth:`~realuid.engine.distributed.Distributed.shard`), reading only its rows of the real
+        data (:meth:`~realuid.engine.distributed.Distributed.coupled_rows`); with gradients the
         generator runs through its DDP wrapper.
         """
         loop = self.loop
         n, rng, device, dtype, shard = loop.batch_size, loop.rng, loop.device, loop.dtype, loop.dist.shard
         wants_real = self.objective.uses_real_data or self.coupling.needs_data or self.data.num_classes > 0
-        real = self.data.next_batch(n, device) if wants_real else None
-        if real is not None:
-            real.x = real.x.to(dtype)
-        coupled = self.coupling.sample(real, n, self.shape, rng, device)
+        real, coupled = loop.dist.coupled_rows(self.data, self.coupling, n, self.shape, rng, device, dtype,
+                                               wants_real)
+        x1, cond = coupled.x1, coupled.cond
         z = torch.randn(n, *self.shape, generator=rng, device=device)
         t = self.path.sample_t(n, rng, device)
         noise = torch.randn(n, *self.shape, generator=rng, device=device) if self.path.needs_extra_noise else None
-        z, t, noise, x1, cond = (shard(v) for v in (z, t, noise, coupled.x1, coupled.cond))
+        z, t, noise = (shard(v) for v in (z, t, noise))
         with torch.set_grad_enabled(with_grad):
             x0 = (self.generator_update if with_grad else self.generator)(z, cond)
         gen = self.path.interpolate(x0, x1, t, noise, cond)
         real_sample = None
         if self.objective.uses_real_data:
-            real_sample = self.path.interpolate(shard(real.x), x1, t, noise, cond)
+            real_sample = self.path.interpolate(real.x, x1, t, noise, cond)
         return gen, real_sample
 
     def fake_step(self) -> dict:

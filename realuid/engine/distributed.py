@@ -6,7 +6,8 @@ With ``WORLD_SIZE > 1`` the process group is initialised from the environment
 **One global batch, cut into slices.** Every rank draws the whole global batch
 of noise, times and data indices from the *same* random streams and keeps its
 own contiguous slice (rank r: rows ``r b .. (r + 1) b - 1`` with
-``b = batch_size / world_size``). So N processes x B/N compute exactly what one
+``b = batch_size / world_size``); of the real data it reads and decodes only
+that slice (:meth:`Distributed.coupled_rows`). So N processes x B/N compute exactly what one
 process x B computes, up to the order of floating-point sums, and a run
 resumed with another number of processes continues the same streams.
 
@@ -51,6 +52,8 @@ import os
 import torch
 from torch import nn
 
+from realuid.couplings import Coupling, CoupledBatch
+from realuid.data.base import ALL_ROWS, Batch, DataSource
 from realuid.errors import UserError, check, warn
 
 #: how long a collective may wait for a rank before the process group gives up. Long enough for rank 0 to
@@ -106,12 +109,39 @@ class Distributed:
               f"{self.world_size} processes", f"{where}.batch_size", f"use a multiple of {self.world_size}")
         return batch_size // self.world_size
 
+    def batch_rows(self, n: int) -> slice:
+        """This rank's contiguous rows of a global batch of ``n``: ``r b .. (r + 1) b - 1``, ``b = n / world_size``."""
+        if not self.enabled:
+            return ALL_ROWS
+        b = n // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+
     def shard(self, x):
         """This rank's contiguous slice of a global batch (a tensor with the batch first, or None)."""
         if not self.enabled or not isinstance(x, torch.Tensor):
             return x
-        b = x.shape[0] // self.world_size
-        return x[self.rank * b:(self.rank + 1) * b]
+        return x[self.batch_rows(x.shape[0])]
+
+    def coupled_rows(self, data: DataSource, coupling: Coupling, n: int, shape: tuple[int, ...],
+                     rng: torch.Generator, device: torch.device, dtype: torch.dtype, read_data: bool = True
+                     ) -> tuple[Batch | None, CoupledBatch]:
+        """This rank's rows of a global real batch of ``n`` (in ``dtype``; None unless ``read_data``) and of its
+        coupling.
+
+        A coupling that reads the data (``coupling.needs_data``: a degradation drawing noise per image,
+        minibatch OT over the whole batch) sees the whole global batch, so every rank reads all of it;
+        otherwise each rank reads only its own rows (:meth:`DataSource.next_batch`'s ``rows``), and the
+        coupling, given them, still draws its noise for all ``n`` so that the random streams stay in step.
+        """
+        whole = coupling.needs_data
+        real = data.next_batch(n, device, rows=ALL_ROWS if whole else self.batch_rows(n)) if read_data else None
+        if real is not None:
+            real.x = real.x.to(dtype)
+        coupled = coupling.sample(real, n, shape, rng, device)
+        cond = self.shard(coupled.cond) if whole else coupled.cond
+        if whole and real is not None:
+            real = Batch(self.shard(real.x), self.shard(real.label))
+        return real, CoupledBatch(self.shard(coupled.x1), cond)
 
     def rows(self, n: int) -> slice:
         """The rows of ``n`` (not necessarily divisible) that this rank computes when sampling."""

@@ -17,7 +17,8 @@ Randomness comes from three streams, each saved in checkpoints so that a
 resumed run continues bit for bit: the training generator :attr:`TrainingLoop.rng`
 (noise, times, couplings), the data source's own generator, and the global
 torch RNG (dropout). Under data parallelism every rank runs the same streams
-and keeps its slice of each global batch (:mod:`realuid.engine.distributed`),
+and keeps its slice of each global batch, reading only its rows of the real data
+(:mod:`realuid.engine.distributed`),
 so a checkpoint resumes on any number of processes.
 
 Machinery switched by bindings of ``TrainingLoop``:

@@ -103,13 +103,11 @@ class MatchingTrainer(Trainer):
         """E w(t) ||f(x_t) - f_c||^2 on a fresh real batch (per-sample sums over coordinates)."""
         loop = self.loop
         n, rng, device, dtype, shard = loop.batch_size, loop.rng, loop.device, loop.dtype, loop.dist.shard
-        real = self.data.next_batch(n, device)   # the global batch; this rank keeps its slice
-        real.x = real.x.to(dtype)
-        coupled = self.coupling.sample(real, n, self.shape, rng, device)
+        real, coupled = loop.dist.coupled_rows(self.data, self.coupling, n, self.shape, rng, device, dtype)
         t = self.path.sample_t(n, rng, device).to(dtype)
         noise = torch.randn(n, *self.shape, generator=rng, device=device) if self.path.needs_extra_noise else None
-        x0, x1, t, noise, cond = (shard(v) for v in (real.x, coupled.x1.to(dtype), t, noise, coupled.cond))
-        sample = self.path.interpolate(x0, x1, t, noise, cond)
+        t, noise = shard(t), shard(noise)     # the global draws; this rank keeps its slice
+        sample = self.path.interpolate(real.x, coupled.x1.to(dtype), t, noise, coupled.cond)
         with torch.no_grad():
             target = self.path.target(sample, self.parameterization)
         with loop.autocast():

@@ -96,7 +96,7 @@ def test_a_state_moves_between_modes(packed):
 
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_ranks_of_the_training_loop_keep_disjoint_slices_that_cover_each_epoch(packed, monkeypatch, world_size):
-    """TrainingLoop: every rank seeds alike, draws the global batch, keeps its contiguous slice (Distributed.shard)."""
+    """TrainingLoop: every rank seeds alike and reads its contiguous rows of the global batch (Distributed.batch_rows)."""
     from realuid.engine.distributed import Distributed
 
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
@@ -107,7 +107,7 @@ def test_ranks_of_the_training_loop_keep_disjoint_slices_that_cover_each_epoch(p
         assert (data.rank, data.world_size) == (0, 1)                   # the environment does not split it
         data.seed(7 + 1)                                                # TrainingLoop: data.seed(seed + 1)
         for _ in range(2 * 200 // 40):                                  # two epochs of global batches of 40
-            index, _ = data.order.peek(40), data.next_batch(40)
+            index, _ = data.order.peek(40), data.next_batch(40, rows=dist.batch_rows(40))
             kept[rank].append(dist.shard(index))
     for epoch in range(2):
         per_rank = [torch.cat(kept[r][5 * epoch:5 * (epoch + 1)]).tolist() for r in range(world_size)]
