@@ -47,12 +47,12 @@ from realuid.data.shards import ImageShards
 _next_batch = ImageShards.next_batch
 
 
-def next_batch(self, n, device="cpu"):
+def next_batch(self, n, device="cpu", **rows):
     if not getattr(self, "_probe_said", False):
         self._probe_said = True
         print(f"probe: ImageShards streaming={self.streaming} images_in_memory={self.images is not None} "
               f"reader={type(self.reader).__name__}", file=sys.stderr, flush=True)
-    return _next_batch(self, n, device)
+    return _next_batch(self, n, device, **rows)
 
 
 ImageShards.next_batch = next_batch
