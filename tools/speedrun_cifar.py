@@ -51,7 +51,7 @@ def main(teacher_seconds: float = typer.Option(240, help="teacher training time 
         raise typer.BadParameter("--method must be uid or realuid")
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     if smoke:
-        teacher_seconds, student_seconds, fd_samples, batch, precision = 8, 8, 64, 8, "fp32"
+        teacher_seconds, student_seconds, fd_samples, batch, precision = 4, 4, 64, 8, "fp32"
         nfes, classifier_epochs = "1,2", 1
         classifier = out / "fd_classifier_smoke.pt"
     out.mkdir(parents=True, exist_ok=True)

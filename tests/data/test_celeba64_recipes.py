@@ -94,6 +94,7 @@ def _images(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_two_processes_at_half_batch_match_one_process_on_image_shards(packed, tmp_path):
     """torchrun, 2 CPU processes x batch 4 == 1 process x batch 8 (every rank draws the global batch, keeps a slice)."""
     import os

@@ -15,6 +15,7 @@ from realuid.checkpoints import checkpoints, load_checkpoint
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_two_process_data_parallel_run_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "realuid",

@@ -65,6 +65,7 @@ def test_ddp_throughput_counts_the_warm_part_and_every_update():
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_ddp_benchmark_runs_one_and_two_processes_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "tools/bench_ddp.py", "--smoke", "--out", str(tmp_path / "d")], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
