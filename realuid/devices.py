@@ -78,6 +78,8 @@ def to_channels_last(*modules: nn.Module | None) -> None:
 
 
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+#: the modes that capture and replay CUDA graphs (no effect on CPU)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def compile_networks(*modules: nn.Module | None, regional: bool = False, mode: str = "default") -> None:

@@ -187,7 +187,10 @@ def test_realsid_with_alpha_beta_one_is_sid(tmp_path):
 
 def test_fgm_recipe_is_uid_on_flow_matching(tmp_path):
     fgm = trainer(tmp_path, "fgm_fm_gmm.gin")
-    uid = trainer(tmp_path, "uid_fm_gmm.gin", "DistillationTrainer.parameterization = 'velocity'")
+    # FGM's recipe also sets its time law and generator depth (gin/fgm_fm_gmm.gin): the same on the UID side
+    uid = trainer(tmp_path, "uid_fm_gmm.gin", "DistillationTrainer.parameterization = 'velocity'",
+                  "DistillationTrainer.path = @LogitNormalFlow()", "LogitNormalFlow.m = 1.5", "LogitNormalFlow.s = 1.0",
+                  "generator/MLP.depth = 4")
     assert fgm.fields.parameterization == "velocity"
     assert same_training(fgm, uid)
 

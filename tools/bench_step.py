@@ -16,6 +16,13 @@ by the GPU's dense peak for that precision. Prints a table and writes JSON.
     python tools/bench_step.py --precision fp32 --precision bf16 --compile off --compile on \
         --out runs/bench_step.json
 
+Several settings can compile at once and still be timed alone: start one process
+per setting with ``--share-gpu DIR:N`` (the same DIR and N, the number of
+processes). Each compiles, waits until all N have compiled (or ``--share-wait``
+seconds), then times under an exclusive lock on ``DIR/lock``, one after another
+(compiling is host work: the 16 cores of one GPU machine compile several at
+once; timing while another compiles would charge its host load to this one).
+
 Loop settings are ``TrainingLoop`` bindings (``-b "TrainingLoop.batch_size = 128"``),
 model and optimiser settings the trainer's (``-b "DistillationTrainer.fake_steps = 3"``);
 every ``-b`` goes to both recipes. A tiny model on CPU (the smoke preset; the
@@ -28,7 +35,9 @@ teacher network randomly initialised when no smoke teacher was trained):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -121,44 +130,103 @@ def profile_cycle(fn, rows: int) -> dict:
 COMPILES = {"off": False, "on": True, "regional": "regional"}
 
 
+@contextlib.contextmanager
+def gpu_turn(share: str | None, wait_s: float):
+    """Hold the GPU alone for the timing: with ``DIR:N``, wait for N processes to be ready, then lock ``DIR/lock``."""
+    if not share:
+        yield 0.0
+        return
+    folder, count = share.rsplit(":", 1)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"ready-{os.getpid()}").touch()
+    start = time.perf_counter()
+    while len(list(folder.glob("ready-*"))) < int(count) and time.perf_counter() - start < wait_s:
+        time.sleep(1.0)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - start
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: str, mode: str, binds: list[str],
-                  warmup: int, repeats: int, profile_rows: int = 0) -> dict:
+                  warmup: int, repeats: int, profile_rows: int = 0, share: str | None = None,
+                  share_wait: float = 0.0, teacher_batches: tuple[int, ...] = ()) -> dict:
     extra = [f"TrainingLoop.precision = '{precision}'", f"TrainingLoop.compile = {COMPILES[compile_]!r}",
              f"TrainingLoop.compile_mode = '{mode}'", *binds]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         loop, _ = build(recipe, extra, out=Path(tmp) / "d", progress=False)
-        teacher_loop, _ = build(teacher_recipe, extra, out=Path(tmp) / "t", progress=False)
+        # the teacher recipe at its own batch, or at each batch asked for (one loop, one graph each)
+        teacher_loops = [build(teacher_recipe, [*extra, *([f"TrainingLoop.batch_size = {b}"] if b else [])],
+                               out=Path(tmp) / f"t{b}", progress=False)[0] for b in (teacher_batches or (0,))]
         built = time.perf_counter()
         loop.trainer.train_step()   # the first cycle: every distillation graph compiles here
         sync()
         first_cycle = time.perf_counter()
-        trainer, teacher_trainer = loop.trainer, teacher_loop.trainer
-        # one process: the local batch (what each update draws) is the global batch
-        k, batch = trainer.fake_steps, loop.local_batch_size
+        for teacher_loop in teacher_loops:
+            teacher_loop.trainer.train_step()   # and the teacher-training graphs
+        sync()
+        teacher_first = time.perf_counter() - first_cycle
+        sampled_ok = samples_fine(loop)
         if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        kinds = {  # name: (step, updates, batch of each update)
-            "teacher step": (teacher_trainer.train_step, 1, teacher_loop.local_batch_size),
-            "fake step": (trainer.fake_step, 1, batch),
-            "generator step": (trainer.generator_step, 1, batch),
-            f"cycle (K={k})": (trainer.train_step, k + 1, batch),
+            torch.cuda.empty_cache()   # while waiting for its turn, hold no more GPU memory than it uses
+        with gpu_turn(share, share_wait) as waited:
+            timing = time_steps(loop, teacher_loops, precision, warmup, repeats, profile_rows)
+    return {"precision": precision, "compile": compile_, "compile_mode": mode, "batch_size": loop.local_batch_size,
+            "cuda_graphs": loop.cuda_graphs, "build_s": built - start, "first_cycle_s": first_cycle - built,
+            "teacher_first_step_s": teacher_first, "sampling_ok": sampled_ok, "waited_for_gpu_s": waited, **timing,
+            "compile_times": compile_times() if compile_ != "off" else None,
+            "dynamo": dynamo_counters() if compile_ != "off" else None}
+
+
+def samples_fine(loop) -> bool:
+    """The EMA generator samples two full chunks, finite (under CUDA graphs: graph outputs read across replays)."""
+    n = 8 * loop.local_batch_size
+    samples = loop.trainer.sample(n, seed=0)
+    return samples.shape[0] == n and bool(torch.isfinite(samples).all())
+
+
+def time_steps(loop, teacher_loops: list, precision: str, warmup: int, repeats: int, profile_rows: int) -> dict:
+    """Every step kind timed (median of ``repeats``), its FLOPs and MFU; peak memory; a profiled cycle."""
+    trainer = loop.trainer
+    # one process: the local batch (what each update draws) is the global batch
+    k, batch = trainer.fake_steps, loop.local_batch_size
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    teachers = {"teacher step" + (f" B{t.local_batch_size}" if len(teacher_loops) > 1 else ""):
+                (t.trainer.train_step, 1, t.local_batch_size) for t in teacher_loops}
+    kinds = {  # name: (step, updates, batch of each update)
+        **teachers,
+        "fake step": (trainer.fake_step, 1, batch),
+        "generator step": (trainer.generator_step, 1, batch),
+        f"cycle (K={k})": (trainer.train_step, k + 1, batch),
+    }
+    rows = {}
+    for name, (fn, updates, images) in kinds.items():
+        seconds = timed(fn, warmup, repeats)
+        flops = count_flops(fn)
+        peak = peak_flops(precision)
+        rows[name] = {
+            "batch_size": images,
+            "ms": seconds * 1e3, "images_per_s": images * updates / seconds, "gflop": flops / 1e9,
+            "tflops_per_s": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / peak,
         }
-        rows = {}
-        for name, (fn, updates, images) in kinds.items():
-            seconds = timed(fn, warmup, repeats)
-            flops = count_flops(fn)
-            peak = peak_flops(precision)
-            rows[name] = {
-                "batch_size": images,
-                "ms": seconds * 1e3, "images_per_s": images * updates / seconds, "gflop": flops / 1e9,
-                "tflops_per_s": flops / seconds / 1e12, "mfu": None if peak is None else flops / seconds / peak,
-            }
-        peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        profiled = profile_cycle(trainer.train_step, profile_rows) if profile_rows else None
-    return {"precision": precision, "compile": compile_, "compile_mode": mode, "batch_size": batch,
-            "peak_memory_gib": peak_mem, "build_s": built - start, "first_cycle_s": first_cycle - built,
-            "steps": rows, "profile": profiled, "dynamo": dynamo_counters() if compile_ != "off" else None}
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    profiled = profile_cycle(trainer.train_step, profile_rows) if profile_rows else None
+    return {"peak_memory_gib": peak_mem, "steps": rows, "profile": profiled}
+
+
+def compile_times() -> str | None:
+    """Dynamo's and inductor's own breakdown of compile time in this process (a text table), where torch has it."""
+    try:
+        from torch._dynamo.utils import compile_times as times
+
+        return times(repr="str", aggregate=True)
+    except Exception as err:   # a private API: its absence must not lose the benchmark
+        return f"unavailable ({type(err).__name__}: {err})"
 
 
 def dynamo_counters() -> dict:
@@ -175,11 +243,19 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
          compile_mode: str = typer.Option("default", "--compile-mode", help="torch.compile mode"),
          bind: list[str] = typer.Option([], "--bind", "-b"), warmup: int = 3, repeats: int = 10,
          profile: int = typer.Option(0, help="also profile one distillation cycle: show this many top ops"),
+         share_gpu: str = typer.Option("", "--share-gpu", help="DIR:N: compile beside N-1 other processes, "
+                                       "time alone (module docstring)"),
+         share_wait: float = typer.Option(540.0, "--share-wait", help="most seconds to wait for the others"),
+         teacher_batch: list[int] = typer.Option([], "--teacher-batch", help="time the teacher step at this batch "
+                                                 "(repeatable; default: the teacher recipe's)"),
          out: Path = Path("runs/bench_step.json")):
     """Time every step kind for every precision x compile setting (and profile a cycle with --profile N)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    import os
-
+    if share_gpu and not (":" in share_gpu and share_gpu.rsplit(":", 1)[1].isdigit()
+                          and int(share_gpu.rsplit(":", 1)[1]) >= 1):
+        raise typer.BadParameter(f"--share-gpu {share_gpu!r}: give DIR:N with N >= 1 processes")
+    if any(b < 1 for b in teacher_batch):
+        raise typer.BadParameter(f"--teacher-batch {min(teacher_batch)}: give a batch size >= 1")
     bad = [c for c in compile if c not in COMPILES]
     if bad:
         raise typer.BadParameter(f"--compile {bad[0]!r}: use off, on or regional")
@@ -189,7 +265,8 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
     for p in precision:
         for c in compile:
             results["settings"].append(bench_setting(recipe, teacher_recipe, p, c, compile_mode, bind, warmup,
-                                                     repeats, profile))
+                                                     repeats, profile, share_gpu or None, share_wait,
+                                                     tuple(teacher_batch)))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -205,9 +282,12 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
                           "-" if s["peak_memory_gib"] is None else f"{s['peak_memory_gib']:.1f}")
     Console().print(table)
     for s in results["settings"]:
-        Console().print(f"{s['precision']} compile {s['compile']} ({s['compile_mode']}): build {s['build_s']:.1f} s, "
-                        f"first cycle {s['first_cycle_s']:.1f} s (inductor cache {results['inductor_cache']}, "
-                        f"{'existed' if results['inductor_cache_existed'] else 'cold'} at start)")
+        Console().print(f"{s['precision']} compile {s['compile']} ({s['compile_mode']}, CUDA graphs "
+                        f"{'on' if s['cuda_graphs'] else 'off'}): build {s['build_s']:.1f} s, first cycle "
+                        f"{s['first_cycle_s']:.1f} s, first teacher step {s['teacher_first_step_s']:.1f} s "
+                        f"(inductor cache {results['inductor_cache']}, "
+                        f"{'existed' if results['inductor_cache_existed'] else 'cold'} at start); "
+                        f"sampling {'ran' if s['sampling_ok'] else 'FAILED'}")
         if s["dynamo"]:
             Console().print(f"torch.compile after the {s['precision']} setting: {s['dynamo']}")
         if s["profile"]:

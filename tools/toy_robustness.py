@@ -37,6 +37,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
+from concurrent.futures import TimeoutError as FuturesTimeout  # noqa: E402
 from multiprocessing import get_context  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -133,7 +134,9 @@ def main(recipes: str = typer.Option("all", help="comma-separated toy recipes (e
          bind: list[str] = typer.Option([], help="extra gin binding for every run (repeatable)"),
          jobs: int = typer.Option(1, help="worker processes, one thread each (2-core machines: 1)"),
          out: Path = typer.Option(ROOT / "docs/results/toy_robustness.json", help="JSON written here"),
-         journal: Path | None = typer.Option(None, help="also append each finished run to this JSONL file")):
+         journal: Path | None = typer.Option(None, help="also append each finished run to this JSONL file"),
+         deadline: float = typer.Option(0.0, help="stop after this many seconds with the runs finished by then "
+                                                  "(0: none); runs go seed by seed, so every recipe gets some")):
     """Run each toy recipe over seeds and mixtures; print seeds kept, on-mode, weight error, wall time."""
     known = toy_recipes()
     chosen = known if recipes.strip() == "all" else \
@@ -146,13 +149,17 @@ def main(recipes: str = typer.Option("all", help="comma-separated toy recipes (e
         raise typer.BadParameter("need --jobs >= 1")
     if steps < 0:
         raise typer.BadParameter("need --steps >= 0 (0: the recipe's own)")
+    if deadline < 0:
+        raise typer.BadParameter("need --deadline >= 0 (0: none)")
     console = Console()
-    todo = [(r, m, s) for r in chosen for m in mixes for s in range(first_seed, first_seed + seeds)]
+    # seed by seed: a run stopped by --deadline has the first seeds of every recipe and mixture
+    todo = [(r, m, s) for s in range(first_seed, first_seed + seeds) for r in chosen for m in mixes]
     console.print(f"{len(todo)} runs ({len(chosen)} recipes x {len(mixes)} mixtures x {seeds} seeds), {jobs} jobs")
     runs, start = [], time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_one, r, m, s, list(bind), steps): (r, m, s) for r, m, s in todo}
-        for done, future in enumerate(as_completed(futures), 1):
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), max_tasks_per_child=1)
+    futures = {pool.submit(run_one, r, m, s, list(bind), steps): (r, m, s) for r, m, s in todo}
+    try:
+        for done, future in enumerate(as_completed(futures, timeout=deadline or None), 1):
             r = future.result()
             runs.append(r)
             if journal is not None:
@@ -162,9 +169,21 @@ def main(recipes: str = typer.Option("all", help="comma-separated toy recipes (e
                           f"seed {r['seed']}: {'kept' if r['kept'] else 'LOST'} on-mode {r['on_mode']:.3f} "
                           f"weights {r['mode_weights']} (true {r['true_weights']}) SW {r['sw']:.3f} "
                           f"{r['wall_time_total']:.0f}s")
+    except FuturesTimeout:
+        console.print(f"[bold]deadline of {deadline:.0f} s: {len(todo) - len(runs)} of {len(todo)} runs unfinished, "
+                      "left out[/bold]")
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:   # the runs still going are abandoned
+            process.terminate()
+    else:
+        pool.shutdown()
+    if not runs:
+        console.print("[bold red]no run finished[/bold red]")
+        raise typer.Exit(1)
     runs.sort(key=lambda r: (r["recipe"], r["mixture"], r["seed"]))
-    summary = {f"{r}|{m}": summarise([x for x in runs if x["recipe"] == r and x["mixture"] == m])
-               for r in chosen for m in mixes}
+    summary = {f"{r}|{m}": summarise(group) for r in chosen for m in mixes
+               if (group := [x for x in runs if x["recipe"] == r and x["mixture"] == m])}
 
     table = Table(title=f"Toy recipes over {seeds} seeds (kept: every mode >= half its weight, on-mode >= "
                         f"{ON_MODE}, weight error <= {WEIGHT_ERROR})")
@@ -185,7 +204,8 @@ def main(recipes: str = typer.Option("all", help="comma-separated toy recipes (e
                "mixtures": {m: MIXTURES[m] for m in mixes}, "criterion": {"on_mode": ON_MODE,
                                                                          "mode_weight_error": WEIGHT_ERROR,
                                                                          "min_share_of_true_weight": HALF},
-               "wall_time_s": round(time.perf_counter() - start, 1), "summary": summary, "runs": runs}
+               "wall_time_s": round(time.perf_counter() - start, 1), "runs_asked": len(todo),
+               "runs_unfinished": len(todo) - len(runs), "summary": summary, "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {out}")

@@ -217,6 +217,7 @@ class DistillationTrainer(Trainer):
         return gen, real_sample
 
     def fake_step(self) -> dict:
+        self.loop.begin_update()
         with self.loop.autocast():
             gen, real = self.draw(with_grad=False)
             loss, logs = self.fake_loss_update(gen, real)
@@ -224,6 +225,7 @@ class DistillationTrainer(Trainer):
         return {"fake_loss": loss.detach(), **logs}
 
     def generator_step(self) -> dict:
+        self.loop.begin_update()
         self.fake.requires_grad_(False)
         try:
             with self.loop.autocast():
@@ -274,8 +276,9 @@ class DistillationTrainer(Trainer):
                 if not needs_real:
                     cond = class_labels(start, m, self.data.num_classes, loop.device)
                 mine = loop.dist.rows(m)   # each rank samples its rows of the chunk
+                loop.begin_update()   # under CUDA graphs: each chunk one replay, copied out of the graph's memory
                 with loop.autocast():
-                    x = model(z[mine], None if cond is None else cond[mine]).to(loop.dtype)
+                    x = loop.owned(model(z[mine], None if cond is None else cond[mine]).to(loop.dtype))
                 out.append(loop.dist.gather_rows(x, m))
         finally:
             if needs_real:

@@ -49,7 +49,8 @@ from torch import nn
 
 from realuid.checkpoints import first_mismatch, latest_good, save_checkpoint
 from realuid.components import register
-from realuid.devices import COMPILE_MODES, DTYPES, autocast, check_precision, default_dtype, enable_tf32, resolve_device
+from realuid.devices import (COMPILE_MODES, CUDA_GRAPH_MODES, DTYPES, autocast, check_precision, default_dtype,
+                             enable_tf32, resolve_device)
 from realuid.engine.distributed import PARALLEL_MODES, Distributed
 from realuid.engine.guard import NonFiniteGuard, TrainingDiverged
 from realuid.engine.reporting import MetricsLog
@@ -77,11 +78,13 @@ class TrainingLoop:
         device: ``'auto'``, ``'cpu'`` or ``'cuda[:i]'``. dtype: ``'float32'`` or ``'float64'``.
         precision: ``'fp32'`` or ``'bf16'`` (autocast of forward passes and losses).
         channels_last: store image networks' convolution weights channels-last (NHWC). Off by
-            default: slower for the CIFAR U-Net on an H100 (docs/RESULTS.md).
+            default: no faster for the CIFAR U-Net (H100 and H200, docs/RESULTS.md).
         compile: ``torch.compile`` the networks: False, True (each network whole) or ``'regional'``
             (each block the network lists in ``compile_regions()``: faster to compile).
         compile_mode: torch.compile's mode: ``'default'``, ``'max-autotune-no-cudagraphs'``,
-            ``'reduce-overhead'`` (CUDA graphs) or ``'max-autotune'``.
+            ``'reduce-overhead'`` (CUDA graphs; each update starts a new replay generation,
+            :meth:`begin_update`) or ``'max-autotune'``. On one H200, ``'reduce-overhead'`` took the
+            CIFAR RealUID cycle 593 -> 550 ms and the teacher step 53 -> 29 ms (docs/RESULTS.md).
         tensorboard: also write the metrics as TensorBoard scalars under ``RUN/tensorboard``.
         time_limit: stop (final evaluation and checkpoint) once training has taken this many
             seconds (summed over resumes); 0: no limit.
@@ -135,6 +138,8 @@ class TrainingLoop:
         self.dist = Distributed(parallel, precision)
         self.device = self.dist.init(resolve_device(device, f"{where}.device"))
         enable_tf32(self.device)
+        # these modes replay CUDA graphs (on CUDA only): a graph's outputs live in its memory pool until the next update
+        self.cuda_graphs = bool(compile) and compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.local_batch_size = self.dist.local_batch(self.batch_size, where)
         self.guard = NonFiniteGuard(max_bad_steps)
         self.log = MetricsLog(self.out_dir / "metrics.jsonl")
@@ -176,6 +181,21 @@ class TrainingLoop:
             to_channels_last(*modules)
         if self.compile:
             compile_networks(*modules, regional=self.compile == "regional", mode=self.compile_mode)
+
+    def begin_update(self) -> None:
+        """Start one update (a fake-model, generator or teacher step): under CUDA graphs, a new replay generation.
+
+        ``torch.compile``'s CUDA-graph modes reuse each graph's output memory once a
+        new generation starts; marking it at every update (rather than leaving it
+        to torch's guess) makes the boundary the engine's, so a tensor kept from
+        an earlier update is an error when read, never silently overwritten.
+        """
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def owned(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in memory of its own: a copy under CUDA graphs (where a graph's output is reused), else ``x``."""
+        return x.clone() if self.cuda_graphs else x
 
     def apply_update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, role: str,
                      grad_clip: float) -> bool:

@@ -118,6 +118,7 @@ class MatchingTrainer(Trainer):
     def train_step(self) -> dict:
         """One update of the network on the matching loss, then its EMA."""
         self.network.train()
+        self.loop.begin_update()
         loss = self.loss()
         if self.loop.apply_update(loss, self.optimizer, "network", self.grad_clip):
             self.ema.update(self.network)
@@ -133,6 +134,12 @@ class MatchingTrainer(Trainer):
         network = self.ema.model if use_ema else self.network
         network.eval()
         field = NetworkField(network, self.path, self.parameterization)
+        if loop.cuda_graphs:   # each ODE step a replay of one graph, its output copied out before the next
+            plain = field
+
+            def field(x, t, cond=None):
+                loop.begin_update()
+                return loop.owned(plain(x, t, cond))
         rng = torch.Generator(loop.device).manual_seed(self.sampling_seed(seed))
         out, chunk = [], 4 * loop.batch_size
         for start in range(0, n, chunk):

@@ -17,7 +17,12 @@ import shutil
 import pytest
 import torch
 
+from realuid.data.gmm import GaussianMixture
+from realuid.engine.loop import TrainingLoop
 from realuid.engine.runner import build
+from realuid.engine.teacher_training import MatchingTrainer
+from realuid.networks.mlp import MLP
+from realuid.paths import RectifiedFlow
 
 RECIPES = ("gin/uid_fm_gmm.gin", "gin/realuid_fm_gmm.gin", "gin/sid_vp_gmm.gin", "gin/dmd_kl_vp_gmm.gin")
 BINDS = ["TrainingLoop.dtype = 'float64'", "TrainingLoop.batch_size = 64", "TrainingLoop.steps = 3",
@@ -71,3 +76,35 @@ def test_compiled_step_gives_the_plain_steps_losses_weights_and_gradients(recipe
     if recipe == RECIPES[1]:   # calibration: the comparison can fail
         with pytest.raises(AssertionError):
             assert_close(plain, two_steps(recipe, tmp_path, False, seed=1))
+
+
+def test_every_update_starts_a_cuda_graph_generation_and_samples_own_their_memory(tmp_path, monkeypatch):
+    """Under CUDA-graph compile modes the engine marks each update's start, and a sample never aliases a graph output.
+
+    CPU has no CUDA graphs, so the mode is switched on by hand: what is checked is the engine's contract with
+    ``torch.compile`` (one ``cudagraph_mark_step_begin`` per fake, generator and teacher update; sampling copies
+    each chunk out of the network's output memory), not torch's replay itself.
+    """
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    loop, _ = build("gin/uid_fm_gmm.gin", [*BINDS, "TrainingLoop.compile_mode = 'reduce-overhead'"],
+                    out=tmp_path / "d", progress=False)
+    assert loop.cuda_graphs is False   # on CPU the mode replays nothing
+    loop.cuda_graphs = True
+    loop.trainer.train_step()
+    assert len(marks) == loop.trainer.fake_steps + 1
+    seen = []
+    network = loop.trainer.ema.model.network
+    handle = network.register_forward_hook(lambda module, args, out: seen.append(out))
+    samples = loop.trainer.sample(10, seed=0)
+    handle.remove()
+    assert seen and all(samples.data_ptr() != out.data_ptr() for out in seen)
+
+    trainer = MatchingTrainer(GaussianMixture(means=[[-2.0, 0.0], [2.0, 0.0]], stds=0.5, weights=[1.0, 1.0]),
+                              RectifiedFlow(),
+                              MLP(dim=2, hidden=16))
+    teacher = TrainingLoop(trainer, tmp_path / "t", steps=2, batch_size=32, device="cpu", progress=False,
+                           tensorboard=False)
+    teacher.cuda_graphs, marks[:] = True, []
+    trainer.train_step()
+    assert len(marks) == 1

@@ -29,7 +29,10 @@ def _train_and_record(trainer, steps=3):
 
 def test_realuid_with_alpha_beta_one_is_uid_bit_for_bit(tmp_path):
     """Same seed, same batch: RealUID(1, 1) losses and updated weights equal UID's exactly."""
-    uid = _trainer(tmp_path, "uid_fm_gmm.gin")
+    # the main job's own generator and schedule (gin/realuid_fm_gmm.gin), bound on the UID side too
+    main_job = ["OneStepGenerator.noise_scale = 3.0", "generator/MLP.depth = 4", "DistillationTrainer.fake_steps = 2",
+                "DistillationTrainer.lr_final = 0.01", "DistillationTrainer.ema_decay = 0.999"]
+    uid = _trainer(tmp_path, "uid_fm_gmm.gin", *main_job)
     real = _trainer(tmp_path, "realuid_fm_gmm.gin", "RealUID.alpha = 1.0", "RealUID.beta = 1.0")
     assert not real.objective.uses_real_data
     uid_losses, uid_params = _train_and_record(uid)

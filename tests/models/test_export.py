@@ -104,10 +104,11 @@ def test_gmm_config_json_is_plain_and_names_the_run(gmm):
     _, folder = gmm
     config = json.loads((folder / "export" / CONFIG_FILE).read_text())
     assert config["kind"] == "student" and config["format_version"] == 1
-    assert config["backbone"] == {"name": "MLP", "kwargs": {"dim": 2, "hidden": 16, "depth": 3, "time_dim": 32,
+    # the main job's generator: 4 hidden layers, reading 3 z (gin/realuid_fm_gmm.gin)
+    assert config["backbone"] == {"name": "MLP", "kwargs": {"dim": 2, "hidden": 16, "depth": 4, "time_dim": 32,
                                                             "num_classes": 0, "cond_dim": 0}}
     assert config["generator"]["name"] == "OneStepGenerator"
-    assert config["generator"]["kwargs"] == {"parameterization": "x0", "time": None, "noise_scale": 1.0,
+    assert config["generator"]["kwargs"] == {"parameterization": "x0", "time": None, "noise_scale": 3.0,
                                                   "skip": 0.0}
     assert config["path"]["name"] == "RectifiedFlow" and config["time"]["generator_time"] == 1.0
     assert config["shape"] == [2] and config["num_classes"] == 0

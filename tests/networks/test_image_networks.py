@@ -109,6 +109,22 @@ def test_channels_last_matches_contiguous(make, batch):
     assert torch.allclose(out, reference, atol=1e-5)
 
 
+def test_unet_in_channels_last_gives_the_same_outputs_and_weight_gradients_in_float64(batch):
+    x, t, _ = batch
+    torch.manual_seed(0)
+    nchw = randomize_zero_init(tiny_unet()).double().eval()   # eval: no dropout
+    nhwc = randomize_zero_init(tiny_unet()).double().eval().to(memory_format=torch.channels_last)
+    nhwc.load_state_dict(nchw.state_dict())
+    outs = []
+    for net, inputs in ((nchw, x.double()), (nhwc, x.double().contiguous(memory_format=torch.channels_last))):
+        out = net(inputs, t.double())
+        out.square().mean().backward()
+        outs.append(out)
+    assert torch.allclose(outs[0], outs[1], rtol=0, atol=1e-10)
+    for (name, a), b in zip(nchw.named_parameters(), nhwc.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name
+
+
 @pytest.mark.parametrize("make", NETWORKS)
 def test_bf16_autocast_forward(make, batch):
     x, t, y = batch

@@ -11,8 +11,8 @@ import torch
 from realuid.context import RunContext
 from realuid.couplings import IndependentGaussian, PairedDegradation
 from realuid.data.gmm import GaussianMixture
-from realuid.paths import (EDM, VE, VP, AffineFlow, BrownianBridge, CosineSchedule, PolynomialSchedule,
-                           RectifiedFlow, SineSquaredNoise, StochasticInterpolant)
+from realuid.paths import (EDM, VE, VP, AffineFlow, BrownianBridge, CosineSchedule, LogitNormalFlow,
+                           PolynomialSchedule, RectifiedFlow, SineSquaredNoise, StochasticInterpolant)
 from realuid.teachers.analytic import AnalyticTeacher
 
 MEANS = [[-4.0, 0.0], [4.0, 0.0], [0.0, 6.928203]]
@@ -20,6 +20,7 @@ BRIDGE_COUPLING = PairedDegradation([[0.0, 0.0], [0.0, 1.0]], noise_std=0.5)
 
 PATHS = {
     "rectified": lambda: RectifiedFlow(),
+    "rectified_logit_normal": lambda: LogitNormalFlow(m=1.5),
     "affine_cosine": lambda: AffineFlow(CosineSchedule()),
     "affine_poly": lambda: AffineFlow(PolynomialSchedule(2.0)),
     "vp": lambda: VP(),
@@ -134,3 +135,18 @@ def test_every_path_is_listed_with_a_summary():
         assert name in listed and listed[name] != "(no docstring)"
     schedules = {c.name for c in components("schedule")}
     assert {"LinearSchedule", "CosineSchedule", "PolynomialSchedule", "SqrtNoise", "SineSquaredNoise"} <= schedules
+
+
+def test_logit_normal_time_law_has_its_quantiles_and_stays_in_range():
+    """t = sigmoid(m + s n): the empirical quantiles match sigmoid(m + s z_q); clipped into [t_min, t_max]."""
+    path = LogitNormalFlow(m=1.5, s=0.7, t_min=0.01, t_max=0.99)
+    t = path.sample_t(200_000, torch.Generator().manual_seed(0)).double()
+    assert float(t.min()) >= 0.01 - 1e-7 and float(t.max()) <= 0.99 + 1e-7   # (float32 times)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for q in (0.1, 0.5, 0.9):
+        expected = torch.sigmoid(torch.tensor(1.5 + 0.7 * float(normal.icdf(torch.tensor(q)))))
+        assert abs(float(t.quantile(q)) - float(expected)) < 3e-3, q
+    uniform = RectifiedFlow().sample_t(200_000, torch.Generator().manual_seed(0))
+    assert abs(float(uniform.median()) - float(t.median())) > 0.2   # calibration: another law is far off
+    with pytest.raises(Exception, match="LogitNormalFlow.s"):
+        LogitNormalFlow(s=0.0)

@@ -78,3 +78,35 @@ def test_ddp_benchmark_runs_one_and_two_processes_on_cpu(tmp_path):
     for r in result["results"][1:]:   # measured against two independent processes of the same compute
         assert len(r["alone_step_s"]) == 2 and all(t > 0 for t in r["alone_step_s"])
         assert r["exposed_comm_s"] == pytest.approx(r["step_s"] - sum(r["alone_step_s"]) / 2)
+
+
+def test_gpu_turn_waits_for_the_other_processes_then_holds_the_gpu_alone(tmp_path):
+    import fcntl
+
+    import bench_step
+
+    (tmp_path / "ready-other").touch()          # the other process has compiled
+    with bench_step.gpu_turn(f"{tmp_path}:2", wait_s=30) as waited:
+        assert waited < 5
+        with open(tmp_path / "lock") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)   # a second process cannot time now
+    with open(tmp_path / "lock") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)        # released after the timing
+    with bench_step.gpu_turn(f"{tmp_path / 'alone'}:2", wait_s=0.5) as waited:
+        assert 0.5 <= waited < 5                 # a peer that never gets ready costs at most the wait
+
+
+@needs_shards
+def test_step_benchmark_times_every_step_kind_and_samples_on_cpu(tmp_path):
+    env = {**os.environ, "REALUID_CIFAR10": str(SHARDS), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "tools/bench_step.py", "--precision", "fp32", "--warmup", "1",
+                           "--repeats", "1", "-b", "include 'gin/smoke/smoke.gin'",
+                           "-b", "CheckpointTeacher.allow_random_init = True", "--share-gpu", f"{tmp_path}:1",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    setting = json.loads(out.read_text())["settings"][0]
+    assert set(setting["steps"]) == {"teacher step", "fake step", "generator step", "cycle (K=2)"}
+    assert all(r["ms"] > 0 and r["gflop"] > 0 for r in setting["steps"].values())
+    assert setting["sampling_ok"] is True and setting["cuda_graphs"] is False and setting["compile_times"] is None
+    assert setting["teacher_first_step_s"] > 0 and setting["waited_for_gpu_s"] < 60
