@@ -130,18 +130,27 @@ def profile_cycle(fn, rows: int) -> dict:
 COMPILES = {"off": False, "on": True, "regional": "regional"}
 
 
+def parse_share(text: str) -> tuple[Path, int] | None:
+    """``--share-gpu DIR:N`` as (DIR, N); None when not given; a BadParameter (exit 2) when malformed."""
+    if not text:
+        return None
+    folder, _, count = text.rpartition(":")
+    if not folder or not count.isdigit() or int(count) < 1:
+        raise typer.BadParameter(f"--share-gpu {text!r}: give DIR:N with N >= 1 processes")
+    return Path(folder), int(count)
+
+
 @contextlib.contextmanager
-def gpu_turn(share: str | None, wait_s: float):
-    """Hold the GPU alone for the timing: with ``DIR:N``, wait for N processes to be ready, then lock ``DIR/lock``."""
-    if not share:
+def gpu_turn(share: tuple[Path, int] | None, wait_s: float):
+    """Hold the GPU alone for the timing: with (DIR, N), wait for N processes to be ready, then lock ``DIR/lock``."""
+    if share is None:
         yield 0.0
         return
-    folder, count = share.rsplit(":", 1)
-    folder = Path(folder)
+    folder, count = share
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"ready-{os.getpid()}").touch()
     start = time.perf_counter()
-    while len(list(folder.glob("ready-*"))) < int(count) and time.perf_counter() - start < wait_s:
+    while len(list(folder.glob("ready-*"))) < count and time.perf_counter() - start < wait_s:
         time.sleep(1.0)
     with open(folder / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -152,7 +161,7 @@ def gpu_turn(share: str | None, wait_s: float):
 
 
 def bench_setting(recipe: str, teacher_recipe: str, precision: str, compile_: str, mode: str, binds: list[str],
-                  warmup: int, repeats: int, profile_rows: int = 0, share: str | None = None,
+                  warmup: int, repeats: int, profile_rows: int = 0, share: tuple[Path, int] | None = None,
                   share_wait: float = 0.0, teacher_batches: tuple[int, ...] = ()) -> dict:
     extra = [f"TrainingLoop.precision = '{precision}'", f"TrainingLoop.compile = {COMPILES[compile_]!r}",
              f"TrainingLoop.compile_mode = '{mode}'", *binds]
@@ -251,9 +260,7 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
          out: Path = Path("runs/bench_step.json")):
     """Time every step kind for every precision x compile setting (and profile a cycle with --profile N)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    if share_gpu and not (":" in share_gpu and share_gpu.rsplit(":", 1)[1].isdigit()
-                          and int(share_gpu.rsplit(":", 1)[1]) >= 1):
-        raise typer.BadParameter(f"--share-gpu {share_gpu!r}: give DIR:N with N >= 1 processes")
+    share = parse_share(share_gpu)
     if any(b < 1 for b in teacher_batch):
         raise typer.BadParameter(f"--teacher-batch {min(teacher_batch)}: give a batch size >= 1")
     bad = [c for c in compile if c not in COMPILES]
@@ -265,7 +272,7 @@ def main(recipe: str = "gin/realuid_fm_cifar.gin", teacher_recipe: str = "gin/fm
     for p in precision:
         for c in compile:
             results["settings"].append(bench_setting(recipe, teacher_recipe, p, c, compile_mode, bind, warmup,
-                                                     repeats, profile, share_gpu or None, share_wait,
+                                                     repeats, profile, share, share_wait,
                                                      tuple(teacher_batch)))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")

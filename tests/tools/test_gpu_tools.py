@@ -86,13 +86,13 @@ def test_gpu_turn_waits_for_the_other_processes_then_holds_the_gpu_alone(tmp_pat
     import bench_step
 
     (tmp_path / "ready-other").touch()          # the other process has compiled
-    with bench_step.gpu_turn(f"{tmp_path}:2", wait_s=30) as waited:
+    with bench_step.gpu_turn(bench_step.parse_share(f"{tmp_path}:2"), wait_s=30) as waited:
         assert waited < 5
         with open(tmp_path / "lock") as other, pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)   # a second process cannot time now
     with open(tmp_path / "lock") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)        # released after the timing
-    with bench_step.gpu_turn(f"{tmp_path / 'alone'}:2", wait_s=0.5) as waited:
+    with bench_step.gpu_turn((tmp_path / "alone", 2), wait_s=0.5) as waited:
         assert 0.5 <= waited < 5                 # a peer that never gets ready costs at most the wait
 
 
@@ -110,3 +110,14 @@ def test_step_benchmark_times_every_step_kind_and_samples_on_cpu(tmp_path):
     assert all(r["ms"] > 0 and r["gflop"] > 0 for r in setting["steps"].values())
     assert setting["sampling_ok"] is True and setting["cuda_graphs"] is False and setting["compile_times"] is None
     assert setting["teacher_first_step_s"] > 0 and setting["waited_for_gpu_s"] < 60
+
+
+@pytest.mark.parametrize("args, message", [(["--share-gpu", "runs/share"], "give DIR:N"),
+                                           (["--share-gpu", "runs/share:0"], "give DIR:N"),
+                                           (["--teacher-batch", "0"], "batch size >= 1")])
+def test_step_benchmark_refuses_bad_options_before_building_anything(args, message, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "tools/bench_step.py", *args, "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stdout + proc.stderr
+    assert not out.exists()

@@ -34,3 +34,10 @@ def test_a_deadline_before_any_run_ends_exits_with_an_error_and_no_table(tmp_pat
     assert proc.returncode == 1
     assert "2 of 2 runs unfinished" in proc.stdout and "no run finished" in proc.stdout
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_negative_deadline_is_refused(tmp_path):
+    proc = subprocess.run([*TOOL, "--recipes", "uid_fm", "--deadline", "-1", "--out", str(tmp_path / "r.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "need --deadline >= 0" in proc.stdout + proc.stderr
+    assert not (tmp_path / "r.json").exists()
