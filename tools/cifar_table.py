@@ -60,6 +60,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from realuid.devices import COMPILE_MODES
+from realuid.errors import MAX_STEPS
+
 from cifar_phases import (NEVER, ROOT, SMALL_UNET, SMOKE_EVAL, Phases, binds, ensure_classifier, read_metrics,
                           realuid, training_binds)
 
@@ -268,8 +271,18 @@ def classifier_of(record: dict) -> str | None:
     return (record.get("classifier") or {}).get("sha256")
 
 
-def record_key(record: dict) -> tuple[str, int, str | None]:
-    return record["cell"], int(record["seed"]), classifier_of(record)
+def budget_of(record: dict) -> str | None:
+    """A distillation's training budget, ``"N steps"`` or ``"S s"`` (None for a teacher cell, which fits any).
+
+    Records of two budgets are two tables: a cell's seeds are averaged, and compared, within one budget only.
+    """
+    if parse_cell(record["cell"]).is_teacher:
+        return None
+    return record.get("budget") or f"{record['seconds']:g} s"
+
+
+def record_key(record: dict) -> tuple[str, int, str | None, str | None]:
+    return record["cell"], int(record["seed"]), classifier_of(record), budget_of(record)
 
 
 def current_classifier(data: dict) -> str | None:
@@ -278,27 +291,49 @@ def current_classifier(data: dict) -> str | None:
     return classifier_of(max(records, key=lambda r: r.get("created", ""))) if records else None
 
 
-def done(data: dict, classifier: str | None = None) -> dict[tuple[str, int], dict]:
-    """The successful records by (cell, seed) measured with ``classifier`` (default: :func:`current_classifier`)."""
+def current_budget(data: dict) -> str | None:
+    """The budget of the newest successful distillation record: the table ``table`` shows unless told another."""
+    records = [r for r in data["cells"] if r.get("rc") == 0 and budget_of(r) is not None]
+    return budget_of(max(records, key=lambda r: r.get("created", ""))) if records else None
+
+
+def done(data: dict, classifier: str | None = None, budget: str | None = None) -> dict[tuple[str, int], dict]:
+    """The successful records by (cell, seed) measured with ``classifier`` and trained on ``budget`` (defaults:
+    :func:`current_classifier`, :func:`current_budget`); teacher cells fit every budget."""
     classifier = classifier or current_classifier(data)
-    return {(r["cell"], int(r["seed"])): r for r in data["cells"] if r.get("rc") == 0 and classifier_of(r) == classifier}
+    budget = budget or current_budget(data)
+    return {(r["cell"], int(r["seed"])): r for r in data["cells"]
+            if r.get("rc") == 0 and classifier_of(r) == classifier and budget_of(r) in (None, budget)}
 
 
-def expected_seconds(cell: Cell, data: dict, seconds: float, samples: int, inception: bool) -> float:
-    """How long ``cell`` will take: the longest earlier record of it, else a default from the budget."""
-    earlier = [r["cell_seconds"] for r in data["cells"] if r["cell"] == cell.name and r.get("cell_seconds")]
-    if earlier:
-        return max(earlier)
+def expected_seconds(cell: Cell, data: dict, seconds: float, samples: int, inception: bool,
+                     steps: int = 0, jobs: int = 1, compiled: bool = False) -> float:
+    """How long ``cell`` will take: the longest earlier record of it on this budget, else a default from the budget.
+
+    A step budget's default is the slowest earlier distillation of the same budget and sharing (``jobs``), else a
+    guess to be replaced by the first measured record: 1.2 s per generator step eager (four runs sharing an H200
+    made 0.5-0.9 steps/s each on 2026-12-03), 0.3 s compiled, plus three minutes of compilation.
+    """
     evaluation = 20 + (40 if inception else 0) * samples / 10000
     if cell.is_teacher:
-        return evaluation + cell.nfe * samples / 15000   # about 150 images/s at NFE 100 with 6.5M parameters
-    return seconds + 60 + evaluation                        # start, data, in-run evaluations, checkpoint
+        earlier = [r["cell_seconds"] for r in data["cells"] if r["cell"] == cell.name and r.get("cell_seconds")]
+        return max(earlier) if earlier else evaluation + cell.nfe * samples / 15000   # ~150 images/s at NFE 100
+    budget = f"{steps} steps" if steps else f"{seconds:g} s"
+    same = [r for r in data["cells"] if r.get("cell_seconds") and budget_of(r) == budget
+            and not r.get("finished_from")]   # a cell finished apart timed only its evaluation
+    earlier = [r["cell_seconds"] for r in same if r["cell"] == cell.name] or \
+              [r["cell_seconds"] for r in same if r.get("jobs", 1) == jobs]
+    if earlier:
+        return max(earlier)
+    if steps:
+        return 60 + steps * (0.3 if compiled else 1.2) + (180 if compiled else 0) + evaluation
+    return seconds + 60 + evaluation   # start, data, in-run evaluations, checkpoint
 
 
-def best_first_stage(data: dict, classifier: str | None = None) -> tuple[str, float] | None:
-    """(cell, mean FD over its seeds) of the first-stage RealUID cell with the lowest mean final FD."""
+def best_first_stage(data: dict, classifier: str | None = None, budget: str | None = None) -> tuple[str, float] | None:
+    """(cell, mean FD over its seeds) of the first-stage RealUID cell with the lowest mean final FD (on ``budget``)."""
     by_cell: dict[str, list[float]] = {}
-    for r in done(data, classifier).values():
+    for r in done(data, classifier, budget).values():
         if parse_cell(r["cell"]).is_first_stage and r.get("fd_classifier") is not None:
             by_cell.setdefault(r["cell"], []).append(r["fd_classifier"])
     if not by_cell:
@@ -307,8 +342,13 @@ def best_first_stage(data: dict, classifier: str | None = None) -> tuple[str, fl
     return name, statistics.fmean(by_cell[name])
 
 
-def kept_generator(work: Path, cell: str, seed: int) -> Path:
-    return work / "generators" / f"{cell}-s{seed}"
+def budget_name(steps: int, seconds: float) -> str:
+    """The budget string of a run: ``"N steps"`` when a step budget is set, else ``"S s"`` of training time."""
+    return f"{steps} steps" if steps else f"{seconds:g} s"
+
+
+def kept_generator(work: Path, cell: str, seed: int, budget: str) -> Path:
+    return work / "generators" / f"{cell}-s{seed}-{budget.replace(' ', '')}"
 
 
 def keep_generator(run_dir: Path, folder: Path) -> Path:
@@ -330,6 +370,19 @@ def keep_generator(run_dir: Path, folder: Path) -> Path:
                            keep=1)
 
 
+def budget_binds(steps: int, compile_mode: str) -> list[str]:
+    """Bindings after :func:`cifar_phases.training_binds` (later bindings win): a step budget replaces its time
+    limit, and a compile mode other than "off" its default mode."""
+    out = [f"TrainingLoop.steps = {steps}", "TrainingLoop.time_limit = 0"] if steps else []
+    return out + ([f"TrainingLoop.compile_mode = '{compile_mode}'"] if compile_mode != "off" else [])
+
+
+def check_compile_mode(mode: str) -> None:
+    if mode != "off" and mode not in COMPILE_MODES:
+        raise typer.BadParameter(f"--compile-mode {mode!r} is not off or one of {', '.join(COMPILE_MODES)}",
+                                 param_hint="--compile-mode")
+
+
 def eval_files(evaluation: Path) -> tuple[Path, Path]:
     """(JSON, grid) of an evaluation named ``evaluation`` (cell names hold dots: no ``with_suffix``)."""
     return evaluation.with_name(evaluation.name + ".json"), evaluation.with_name(evaluation.name + ".png")
@@ -349,11 +402,15 @@ def eval_argv(source: Path, out: Path, s: Setup, clf: Path, samples: int, seed: 
 
 def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds: float, samples: int,
              curve_samples: int, eval_every: int, lr: float, fake_steps: int, warmup: int,
-             inception_weights: Optional[Path], jobs: int = 1) -> dict:
+             inception_weights: Optional[Path], jobs: int = 1, steps: int = 0, compile_mode: str = "off") -> dict:
     """Run one cell with one seed; its record (rc != 0 and "error" when a phase failed).
 
-    ``jobs`` is recorded: how many cells shared the device at once (their runs' step counts depend on it).
+    The budget is ``steps`` generator steps when > 0 (no time limit), else ``seconds`` of training time.
+    ``jobs`` is recorded: how many cells shared the device at once (a time budget's step counts depend on it).
+    ``compile_mode`` "off" runs the networks eagerly, else ``torch.compile``s them in that mode
+    ("reduce-overhead": CUDA graphs).
     """
+    budget = budget_name(steps, seconds)
     name = f"{cell.name}-s{seed}"
     phases = Phases(s.work / "logs" / f"{name}.txt")
     started = time.perf_counter()
@@ -368,20 +425,22 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
     if cell.is_teacher:
         record.update(steps=record["teacher"]["steps"], train_wall_s=record["teacher"]["wall_time"], curve=[])
     else:
-        record.update(seconds=seconds, lr=lr, fake_steps=fake_steps, warmup=warmup, eval_every=eval_every,
-                      curve_samples=curve_samples)
+        record.update(budget=budget, seconds=None if steps else seconds, steps_budget=steps or None, lr=lr,
+                      fake_steps=fake_steps, warmup=warmup, eval_every=eval_every, curve_samples=curve_samples,
+                      compile_mode=compile_mode)
         method, offset = list(cell.method), {"steps": 0, "wall_time": 0.0}
         if cell.name == "realuid-ft":
-            best = best_first_stage(data, classifier_of(record))
+            best = best_first_stage(data, classifier_of(record), budget)
             if best is None:
                 return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
                         f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)} first"}
-            first = done(data, classifier_of(record)).get((best[0], seed))
-            kept = kept_generator(s.work, best[0], seed)
+            first = done(data, classifier_of(record), budget).get((best[0], seed))
+            kept = kept_generator(s.work, best[0], seed, budget)
             files = sorted(kept.glob("step_*.pt")) if kept.is_dir() else []
             if first is None or not files:
                 return {**record, "rc": 1, "error": f"the best first stage is {best[0]}, and its seed-{seed} "
-                        f"generator ({kept}) is missing: run `cell {best[0]} --seed {seed}` with this --work first, "
+                        f"generator ({kept}) is missing: run `cell {best[0]} --seed {seed}` with this --work and "
+                        "budget first, "
                         "or copy the generators/ folder of the allotment that ran it into WORK"}
             method += [f"FIRST_STAGE = '{files[-1]}'", f"DistillationTrainer.warmup_steps = 0"]
             lr = lr / 10
@@ -398,22 +457,30 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
             *binds(s.unet + training_binds("DistillationTrainer", device=s.device, precision=s.precision,
                                            batch=s.batch, seconds=seconds, eval_every=eval_every,
                                            eval_samples=curve_samples, cache=s.work / "cache", classifier=clf,
-                                           compile_=False) + s.loader),
+                                           compile_=compile_mode != "off") + s.loader),
             *binds([f"CheckpointTeacher.source = '{s.teacher}'", f"DistillationTrainer.lr_generator = {lr}",
                     f"DistillationTrainer.lr_fake = {lr}", f"DistillationTrainer.fake_steps = {fake_steps}",
-                    *reference, *method])))
+                    *reference, *method, *budget_binds(steps, compile_mode)])))
         rows = read_metrics(run_dir)
         record["curve"] = [{"step": r["step"], "wall_time": r["wall_time"], "fd": r["fd_classifier"]}
                            for r in rows if "fd_classifier" in r]
         record.update(steps=rows[-1]["step"] if rows else None, train_wall_s=rows[-1]["wall_time"] if rows else None,
                       last_logs={k: v for k, v in (rows[-1] if rows else {}).items() if isinstance(v, (int, float))
                                  and math.isfinite(v)})
-        if not ok:
+        short = ok and steps and record["steps"] != steps   # a run stopped early is not on the budget
+        if not ok or short:
+            why = f"stopped at step {record['steps']} of the budget's {steps}" if short else "training failed"
             return {**record, "rc": 1, "commands": [r["command"] for r in phases.records],
-                    "error": f"training failed (see {phases.log})", "cell_seconds": time.perf_counter() - started}
+                    "error": f"{why} (see {phases.log})", "cell_seconds": time.perf_counter() - started}
         if cell.is_first_stage:
-            record["generator"] = str(keep_generator(run_dir, kept_generator(s.work, cell.name, seed)))
-    ok = phases.run("eval", eval_argv(source, evaluation, s, clf, samples, seed, cell.nfe, inception_weights))
+            record["generator"] = str(keep_generator(run_dir, kept_generator(s.work, cell.name, seed, budget)))
+    return evaluated(record, source, evaluation, s, clf, samples, seed, cell.nfe, inception_weights, phases, started)
+
+
+def evaluated(record: dict, source: Path, evaluation: Path, s: Setup, clf: Path, samples: int, seed: int,
+              nfe: int | None, inception_weights: Optional[Path], phases: Phases, started: float) -> dict:
+    """``record`` completed by the final evaluation of ``source`` (rc 0 and the metrics, or rc 1 and the error)."""
+    ok = phases.run("eval", eval_argv(source, evaluation, s, clf, samples, seed, nfe, inception_weights))
     record["commands"] = [r["command"] for r in phases.records]
     record["cell_seconds"] = round(time.perf_counter() - started, 2)
     result, grid = eval_files(evaluation)
@@ -432,6 +499,11 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
 def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " + ", ".join(CELLS)),
          seed: List[int] = typer.Option([0], "--seed", help="seed (repeat for several: --seed 0 --seed 1)"),
          seconds: float = typer.Option(150, help="training time of every distillation (s; evaluations not counted)"),
+         steps: int = typer.Option(0, help="a step budget instead: every distillation makes this many generator "
+                                           "steps, however long they take (0: --seconds)"),
+         compile_mode: str = typer.Option("off", help="off (eager) or a torch.compile mode of the networks: "
+                                                      "default, reduce-overhead (CUDA graphs), max-autotune, "
+                                                      "max-autotune-no-cudagraphs"),
          samples: int = typer.Option(10000, help="samples of the final classifier FD (and FID)"),
          curve_samples: int = typer.Option(2000, help="samples of each in-run FD evaluation (the curves)"),
          eval_every: int = typer.Option(50, help="generator steps between in-run FD evaluations"),
@@ -457,9 +529,13 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     for value, hint, low in ((seconds, "--seconds", 1e-9), (samples, "--samples", 2), (curve_samples,
                              "--curve-samples", 2), (eval_every, "--eval-every", 1), (fake_steps, "--fake-steps", 1),
                              (lr, "--lr", 1e-12), (deadline, "--deadline", 0), (warmup, "--warmup", 0),
-                             (jobs, "--jobs", 1)):
+                             (jobs, "--jobs", 1), (steps, "--steps", 0)):
         if value < low:
             raise typer.BadParameter(f"{hint} {value} is below {low:g}", param_hint=hint)
+    if steps > MAX_STEPS:
+        raise typer.BadParameter(f"--steps {steps} is above the loop's largest step count {MAX_STEPS:,}",
+                                 param_hint="--steps")
+    check_compile_mode(compile_mode)
     if inception_weights is not None and not inception_weights.is_file():
         raise typer.BadParameter(f"the Inception weights file {inception_weights} does not exist; give the file "
                                  "torch-fidelity reads (weights-inception-2015-12-05-6726825d.pth) or drop the option",
@@ -467,6 +543,8 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     s = setup(smoke, work, export, classifier, results, device, precision, batch)
     if smoke:
         seconds, samples, curve_samples, eval_every, classifier_epochs = min(seconds, 6.0), 64, 32, 2, 1
+        steps = min(steps, 4)
+    budget = budget_name(steps, seconds)
     if not (s.teacher / "config.json").is_file():
         raise typer.BadParameter(f"no teacher export at {s.teacher}: train it with `python tools/cifar_table.py "
                                  f"teacher{' --smoke' if smoke else ''}` (or give --teacher)", param_hint="--teacher")
@@ -483,13 +561,15 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     todo = [(c, sd) for c in chosen for sd in seed]
     pending = []
     for i, (c, sd) in enumerate(todo):
-        if (c.name, sd) in done(data, clf_sha) and not redo:
-            console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd}: in {s.results} already (--redo runs it again)")
+        if (c.name, sd) in done(data, clf_sha, budget) and not redo:
+            console.print(f"[{i + 1}/{len(todo)}] {c.name} seed {sd}: in {s.results} already on the budget {budget} "
+                          "(--redo runs it again)")
         else:
             pending.append((c, sd))
     pending.sort(key=lambda item: item[0].name == "realuid-ft")   # after every first stage it may start from
     options = dict(seconds=seconds, samples=samples, curve_samples=curve_samples, eval_every=eval_every, lr=lr,
-                   fake_steps=fake_steps, warmup=warmup, inception_weights=inception_weights, jobs=jobs)
+                   fake_steps=fake_steps, warmup=warmup, inception_weights=inception_weights, jobs=jobs, steps=steps,
+                   compile_mode=compile_mode)
     running: dict[Future, tuple[Cell, int]] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:   # threads: each cell's work is in its own subprocesses
         while pending or running:
@@ -500,7 +580,8 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                 if waits_for_first_stage:   # fine-tuning starts from the best first stage: all of them first
                     break
                 elapsed = time.perf_counter() - started
-                need = expected_seconds(c, data, seconds, samples, inception_weights is not None)
+                need = expected_seconds(c, data, seconds, samples, inception_weights is not None, steps, jobs,
+                                        compile_mode != "off")
                 if deadline and elapsed + need > deadline:
                     left = "; ".join(f"{x.name} --seed {y}" for x, y in pending)
                     console.print(f"stopping before {c.name} seed {sd}: it takes about {need:.0f} s and "
@@ -525,9 +606,78 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                     console.print(f"{c.name} seed {sd}: classifier FD {record['fd_classifier']:.3f}, "
                                   f"{record['steps']} steps, {record['cell_seconds']:.0f} s in all")
     print_table(data, s.results)
-    failed = [r for r in data["cells"] if r.get("rc") != 0 and r["cell"] in {c.name for c in chosen}]
+    failed = [r for r in data["cells"] if r.get("rc") != 0 and r["cell"] in {c.name for c in chosen}
+              and budget_of(r) in (None, budget)]
     if failed:
         raise SystemExit(1)
+
+
+@app.command()
+def finish(name: str = typer.Argument(..., help="the cell whose training ended but whose final evaluation did not"),
+           seed: int = typer.Option(..., help="the run's seed"),
+           generator: Path = typer.Option(..., help="the run's EMA generator: a kept first stage "
+                                                    "(WORK/generators/CELL-sSEED-BUDGET/step_*.pt) or a run's "
+                                                    "checkpoints/step_*.pt"),
+           steps: int = typer.Option(..., help="the run's step budget: the checkpoint must be at this step"),
+           jobs: int = typer.Option(1, help="how many cells shared the device while it trained"),
+           compile_mode: str = typer.Option("off", help="the compile mode it trained with"),
+           train_wall_s: Optional[float] = typer.Option(None, help="its training wall time, when known (its log)"),
+           note: str = typer.Option("", help="why the cell is finished apart, recorded with it"),
+           samples: int = typer.Option(10000, help="samples of the final classifier FD (and FID)"),
+           inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID"),
+           work: Optional[Path] = typer.Option(None, help="work folder (runs/cifar_table)"),
+           export: Optional[Path] = typer.Option(None, "--teacher", help="teacher export (WORK/teacher_export)"),
+           classifier: Optional[Path] = typer.Option(None, help="FD classifier (WORK/fd_classifier.pt)"),
+           results: Optional[Path] = typer.Option(None, help="results JSON (docs/results/cifar_table.json)"),
+           smoke: bool = typer.Option(False, help="tiny evaluation on CPU (tests)"),
+           device: str = "auto", precision: Optional[str] = None, batch: Optional[int] = None):
+    """Record a distillation whose training ended but whose evaluation was cut off (a machine's call limit):
+    evaluate its kept EMA generator here and append the record, marked with the generator it was finished from.
+
+    The training settings recorded are those of ``cell``'s defaults (lr 1e-4, K = 5, warm-up 50) and the given
+    budget; the record's ``finished_from`` and ``note`` say how it was made.
+    """
+    from realuid.checkpoints import load_checkpoint
+
+    started = time.perf_counter()
+    c = parse_cell(name)
+    if c.is_teacher or c.name == "realuid-ft":
+        raise typer.BadParameter(f"{name} is not a first-stage distillation cell", param_hint="NAME")
+    if not generator.is_file():
+        raise typer.BadParameter(f"{generator} is not a file (give a checkpoint step_*.pt)", param_hint="--generator")
+    check_compile_mode(compile_mode)
+    if not 1 <= steps <= MAX_STEPS or jobs < 1 or samples < 2:
+        raise typer.BadParameter(f"--steps {steps}, --jobs {jobs} or --samples {samples} is out of range",
+                                 param_hint="--steps/--jobs/--samples")
+    state = load_checkpoint(generator, map_location="cpu")
+    if int(state.get("step", -1)) != steps:
+        raise typer.BadParameter(f"{generator} is at step {state.get('step')}, not at the budget's {steps}: it is "
+                                 "not the end of a run on this budget", param_hint="--generator")
+    s = setup(smoke, work, export, classifier, results, device, precision, batch)
+    samples = 64 if smoke else samples
+    if not s.classifier.is_file() or not (s.teacher / "config.json").is_file():
+        raise typer.BadParameter(f"the FD classifier {s.classifier} or the teacher export {s.teacher} is missing "
+                                 "(the ones the other cells used)", param_hint="--classifier/--teacher")
+    data = read_results(s.results)
+    record = {"cell": c.name, "label": c.label, "seed": seed, "nfe": 1, "alpha": c.alpha, "beta": c.beta,
+              "teacher": teacher_record(s.teacher), "device": device_name(s.device), "precision": s.precision,
+              "batch": s.batch, "samples": samples, "smoke": smoke, "classifier": classifier_record(s.classifier),
+              "jobs": jobs, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget": budget_name(steps, 0),
+              "seconds": None, "steps_budget": steps, "lr": 1e-4, "fake_steps": 5, "warmup": 50,
+              "compile_mode": compile_mode, "steps": steps, "train_wall_s": train_wall_s, "curve": [],
+              "finished_from": str(generator), "note": note}
+    if c.is_first_stage:
+        record["generator"] = str(generator)
+    phases = Phases(s.work / "logs" / f"{c.name}-s{seed}-finish.txt")
+    evaluation = s.work / "eval" / f"{c.name}-s{seed}"
+    evaluation.parent.mkdir(parents=True, exist_ok=True)
+    record = evaluated(record, generator, evaluation, s, s.classifier, samples, seed, None, inception_weights,
+                       phases, started)
+    data["cells"] = [r for r in data["cells"] if record_key(r) != record_key(record)] + [record]
+    write_results(s.results, data)
+    if record["rc"] != 0:
+        raise SystemExit(f"{name} seed {seed}: {record['error']}")
+    console.print(f"{name} seed {seed}: classifier FD {record['fd_classifier']:.3f} (finished from {generator})")
 
 
 @app.command("first-stage")
@@ -547,10 +697,11 @@ def spread(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(data: dict) -> list[dict]:
-    """One row per cell (in the table's order, then others): mean and spread over its successful seeds."""
+def summarise(data: dict, budget: str | None = None) -> list[dict]:
+    """One row per cell (in the table's order, then others): mean and spread over its successful seeds on
+    ``budget`` (default: :func:`current_budget`)."""
     by_cell: dict[str, list[dict]] = {}
-    for r in sorted(done(data).values(), key=lambda r: r["seed"]):
+    for r in sorted(done(data, budget=budget).values(), key=lambda r: r["seed"]):
         by_cell.setdefault(r["cell"], []).append(r)
     order = [c for c in CELLS if c in by_cell] + sorted(c for c in by_cell if c not in CELLS)
     rows = []
@@ -558,11 +709,11 @@ def summarise(data: dict) -> list[dict]:
         records = by_cell[name]
         row = {"cell": name, "label": records[0]["label"], "nfe": records[0]["nfe"],
                "seeds": [r["seed"] for r in records], "failed_seeds": sorted(
-                   r["seed"] for r in data["cells"] if r["cell"] == name and r.get("rc") != 0)}
+                   r["seed"] for r in data["cells"] if r["cell"] == name and r.get("rc") != 0
+                   and budget_of(r) in (None, budget or current_budget(data)))}
         for key in ("fd_classifier", "precision_classifier", "recall_classifier", "fid", "steps", "train_wall_s",
                     "images_per_s"):
             row[key], row[key + "_std"] = spread([r.get(key) for r in records])
-        row["seconds"] = sorted({r.get("seconds") for r in records if r.get("seconds") is not None})
         row["first_stage"] = sorted({r["first_stage"] for r in records if r.get("first_stage")})
         rows.append(row)
     return rows
@@ -574,8 +725,9 @@ def fmt(mean, std, digits: int = 2) -> str:
     return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if std is not None else "")
 
 
-def print_table(data: dict, path: Path, markdown: bool = False) -> list[dict]:
-    rows = summarise(data)
+def print_table(data: dict, path: Path, markdown: bool = False, budget: str | None = None) -> list[dict]:
+    budget = budget or current_budget(data)
+    rows = summarise(data, budget)
     columns = ("cell", "NFE", "seeds", "classifier FD", "FID", "precision", "recall", "steps", "train s")
     lines = [[r["cell"] + (f" (from {', '.join(r['first_stage'])})" if r["first_stage"] else ""), str(r["nfe"]),
               ",".join(map(str, r["seeds"])) + (f" (failed: {r['failed_seeds']})" if r["failed_seeds"] else ""),
@@ -588,25 +740,28 @@ def print_table(data: dict, path: Path, markdown: bool = False) -> list[dict]:
         for line in lines:
             print("| " + " | ".join(line) + " |")
     else:
-        table = Table(title=f"CIFAR-10 table so far ({path}): mean ± sd over seeds")
+        table = Table(title=f"CIFAR-10 table so far ({path}), budget {budget} per distillation: mean ± sd over "
+                            "seeds")
         for col in columns:
             table.add_column(col, justify="left" if col == "cell" else "right")
         for line in lines:
             table.add_row(*line)
         console.print(table)
-    budgets = sorted({b for r in rows for b in r["seconds"]})
-    teachers = sorted({r["teacher"]["weights_sha256"] or "?" for r in done(data).values()})
+    if markdown:
+        print(f"\nBudget per distillation: {budget}.")
+    others = sorted({budget_of(r) for r in data["cells"] if r.get("rc") == 0} - {None, budget})
+    if others:
+        console.print(f"other budgets in {path} (`table --budget B` shows one): {'; '.join(others)}")
+    teachers = sorted({r["teacher"]["weights_sha256"] or "?" for r in done(data, budget=budget).values()})
     classifier = current_classifier(data)
     stale = [r for r in data["cells"] if r.get("rc") == 0 and classifier_of(r) != classifier]
     if stale:
         console.print(f"left out: {len(stale)} record(s) measured with another FD classifier than the newest record's "
                       f"({(classifier or '?')[:12]}): {', '.join(sorted({r['cell'] for r in stale}))}")
-    jobs = sorted({r.get("jobs", 1) for r in done(data).values() if not parse_cell(r["cell"]).is_teacher})
-    if len(jobs) > 1:
+    jobs = sorted({r.get("jobs", 1) for r in done(data, budget=budget).values() if not parse_cell(r["cell"]).is_teacher})
+    if len(jobs) > 1 and budget and budget.endswith(" s"):
         console.print(f"[yellow]warning[/]: the distillations shared the device with different numbers of runs "
                       f"({jobs}): their step counts are not one budget")
-    if len(budgets) > 1:
-        console.print(f"[yellow]warning[/]: the cells trained for different times ({budgets} s): not one budget")
     if len(teachers) > 1:
         console.print(f"[yellow]warning[/]: the cells used {len(teachers)} different teacher exports")
     missing = [c for c in CELLS if c not in {r["cell"] for r in rows}]
@@ -615,7 +770,7 @@ def print_table(data: dict, path: Path, markdown: bool = False) -> list[dict]:
     return rows
 
 
-def plot(data: dict, path: Path) -> bool:
+def plot(data: dict, path: Path, budget: str | None = None) -> bool:
     """FD against generator steps and against training wall time, every run of every cell, teachers as lines."""
     try:
         import matplotlib
@@ -626,7 +781,8 @@ def plot(data: dict, path: Path) -> bool:
         console.print("matplotlib is not installed: no figure (the curves are in the JSON)")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
-    records = sorted(done(data).values(), key=lambda r: (list(CELLS).index(r["cell"]) if r["cell"] in CELLS
+    budget = budget or current_budget(data)
+    records = sorted(done(data, budget=budget).values(), key=lambda r: (list(CELLS).index(r["cell"]) if r["cell"] in CELLS
                                                          else len(CELLS), r["seed"]))
     colours: dict[str, object] = {}
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -653,7 +809,7 @@ def plot(data: dict, path: Path) -> bool:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="upper right")
-    fig.suptitle("CIFAR-10, one teacher, same training time per run: curves on the in-run samples, stars the "
+    fig.suptitle(f"CIFAR-10, one teacher, {budget} per distillation: curves on the in-run samples, stars the "
                  "final FD, dotted lines the teacher (line style = seed)", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -664,15 +820,21 @@ def plot(data: dict, path: Path) -> bool:
 @app.command()
 def table(results: Path = typer.Option(ROOT / "docs/results/cifar_table.json", help="results JSON"),
           figure: Optional[Path] = typer.Option(None, help="the figure (default: beside --results, .png)"),
-          markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table")):
+          markdown: bool = typer.Option(False, "--markdown", help="print a Markdown table"),
+          budget: Optional[str] = typer.Option(None, help="the budget whose table to show, as the table prints it "
+                                                          "(\"400 steps\", \"120 s\"; default: the newest record's)")):
     """Print the table so far (mean ± sd over seeds) and draw FD against steps and wall time."""
     if not results.is_file():
         raise typer.BadParameter(f"{results} does not exist: run `python tools/cifar_table.py cell ...` first",
                                  param_hint="--results")
     data = read_results(results)
-    print_table(data, results, markdown)
+    budgets = {budget_of(r) for r in data["cells"] if r.get("rc") == 0} - {None}
+    if budget is not None and budget not in budgets:
+        raise typer.BadParameter(f"no successful distillation in {results} has the budget {budget!r}; its budgets: "
+                                 f"{', '.join(sorted(budgets)) or 'none'}", param_hint="--budget")
+    print_table(data, results, markdown, budget)
     figure = figure or results.with_suffix(".png")
-    if done(data) and plot(data, figure):
+    if done(data, budget=budget) and plot(data, figure, budget):
         console.print(f"wrote {figure}")
 
 

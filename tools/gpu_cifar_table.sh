@@ -18,7 +18,8 @@
 #                   in the results are skipped
 #
 # Environment: SECONDS_PER_RUN (150), SEEDS ("0 1"), SAMPLES (10000), TEACHER_SECONDS (420),
-# INCEPTION (an Inception-v3 weights file: FID too), EXTRA (more options of `cifar_table.py cell`).
+# INCEPTION (an Inception-v3 weights file: FID too), EXTRA (more options of `cifar_table.py cell`, e.g.
+# "--steps 400 --compile-mode reduce-overhead --jobs 4": a step budget, CUDA graphs, four runs at once).
 # realuid (with gin-config, webdataset, typer; matplotlib for the figure, torch-fidelity for FID) must
 # be importable by $PYTHON (python3): install it or set PYTHONPATH on the command line; the script
 # installs nothing.

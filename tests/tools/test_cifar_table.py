@@ -72,7 +72,8 @@ def test_cells_in_the_results_are_skipped_and_the_deadline_stops_before_a_cell(s
     out = " ".join(again.stdout.split())
     assert "uid seed 0: in" in out and "already" in out
     assert "stopping before realuid-0.92-0.94 seed 0" in out and "not run: realuid-0.92-0.94 --seed 0" in out
-    assert {r["cell"] for r in json.loads((work / "cifar_table.json").read_text())["cells"]} == {"teacher-nfe1", "uid"}
+    timed = [r for r in json.loads((work / "cifar_table.json").read_text())["cells"] if cifar_table.budget_of(r) in (None, "6 s")]
+    assert {r["cell"] for r in timed} == {"teacher-nfe1", "uid"}   # (the step-budget test adds records of its own)
 
 
 def test_evaluations_of_cells_with_dots_in_their_names_do_not_share_files(tmp_path):
@@ -97,6 +98,9 @@ def test_cell_names_parse_and_unknown_ones_list_the_cells():
     (["cell", "uid", "--device", "tpu"], "--device 'tpu' is not auto, cuda or cpu"),
     (["cell", "uid", "--inception-weights", "/nonexistent.pth"], "does not exist"),
     (["table", "--results", "/nonexistent/x.json"], "run `python tools/cifar_table.py cell"),
+    (["cell", "uid", "--steps", "-1"], "--steps -1 is below 0"),
+    (["cell", "uid", "--steps", "100000000"], "above the loop's largest step count"),
+    (["cell", "uid", "--compile-mode", "fast"], "--compile-mode 'fast' is not off or one of default"),
 ])
 def test_bad_options_say_what_and_how_to_fix(args, message, tmp_path):
     result = CliRunner().invoke(cifar_table.app, [*args, "--work", str(tmp_path)] if args[0] == "cell" else args)
@@ -140,3 +144,45 @@ def test_records_of_another_fd_classifier_are_left_out_of_the_table_and_run_agai
     assert row["seeds"] == [0] and row["fd_classifier"] == 3.0   # the old classifier's FDs are not averaged in
     # a new record replaces only the record of the same cell, seed and classifier
     assert cifar_table.record_key(data["cells"][0]) != cifar_table.record_key(data["cells"][2])
+
+
+@needs_shards
+def test_a_step_budget_makes_a_table_of_its_own_and_finish_records_a_cut_off_cell(smoke_table):
+    """``--steps``: every run makes exactly that many generator steps; its records never mix with the time budget's.
+    ``finish``: a first stage whose evaluation was cut off is evaluated from its kept generator and recorded."""
+    work = smoke_table[0]
+    results = work / "cifar_table.json"
+    run = tool("cell", "uid", "realuid-0.92-0.94", "--smoke", "--work", str(work), "--steps", "3")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    records = json.loads(results.read_text())["cells"]
+    stepped = {r["cell"]: r for r in records if r.get("budget") == "3 steps"}
+    assert set(stepped) == {"uid", "realuid-0.92-0.94"}
+    assert all(r["steps"] == 3 and r["steps_budget"] == 3 and r["rc"] == 0 for r in stepped.values())
+    assert any(r["cell"] == "uid" and r["budget"] == "6 s" and r["seconds"] == 6 for r in records)   # the time budget's
+    assert "budget 3 steps per distillation" in " ".join(run.stdout.split())
+    timed = tool("table", "--results", str(results), "--markdown", "--budget", "6 s")
+    assert timed.returncode == 0 and "Budget per distillation: 6 s." in timed.stdout
+    assert "| realuid-0.92-0.94 |" not in timed.stdout   # only run on the step budget
+    unknown = tool("table", "--results", str(results), "--budget", "9 steps")
+    assert unknown.returncode == 2 and "3 steps" in " ".join(unknown.stderr.split())
+
+    kept = sorted((work / "generators" / "realuid-0.92-0.94-s0-3steps").glob("step_*.pt"))
+    assert [p.name for p in kept] == ["step_00000003.pt"]
+    wrong = tool("finish", "realuid-0.92-0.94", "--seed", "5", "--generator", str(kept[0]), "--steps", "4",
+                 "--smoke", "--work", str(work), "--results", str(results))
+    assert wrong.returncode == 2 and "not at the budget's 4" in " ".join(wrong.stderr.split())
+    done = tool("finish", "realuid-0.92-0.94", "--seed", "5", "--generator", str(kept[0]), "--steps", "3",
+                "--smoke", "--work", str(work), "--results", str(results), "--note", "test")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    finished = [r for r in json.loads(results.read_text())["cells"] if r["seed"] == 5]
+    assert len(finished) == 1 and finished[0]["rc"] == 0 and finished[0]["finished_from"] == str(kept[0])
+    assert finished[0]["budget"] == "3 steps" and finished[0]["fd_classifier"] >= 0 and finished[0]["note"] == "test"
+
+
+def test_budget_bindings_come_after_the_time_limit_and_replace_it():
+    assert cifar_table.budget_binds(0, "off") == []
+    assert cifar_table.budget_binds(400, "reduce-overhead") == [
+        "TrainingLoop.steps = 400", "TrainingLoop.time_limit = 0", "TrainingLoop.compile_mode = 'reduce-overhead'"]
+    assert cifar_table.budget_name(400, 120) == "400 steps" and cifar_table.budget_name(0, 120) == "120 s"
+    assert cifar_table.budget_of({"cell": "uid", "seconds": 120.0}) == "120 s"
+    assert cifar_table.budget_of({"cell": "teacher-nfe1"}) is None
