@@ -187,10 +187,12 @@ def test_realsid_with_alpha_beta_one_is_sid(tmp_path):
 
 def test_fgm_recipe_is_uid_on_flow_matching(tmp_path):
     fgm = trainer(tmp_path, "fgm_fm_gmm.gin")
-    # FGM's recipe also sets its time law and generator depth (gin/fgm_fm_gmm.gin): the same on the UID side
+    # FGM's recipe also sets its time law and generator depth (gin/fgm_fm_gmm.gin): the same on the UID side, whose
+    # recipe's student settings (gin/base/gmm_fm_student.gin) go back to the shared set-up's that FGM keeps
     uid = trainer(tmp_path, "uid_fm_gmm.gin", "DistillationTrainer.parameterization = 'velocity'",
                   "DistillationTrainer.path = @LogitNormalFlow()", "LogitNormalFlow.m = 1.5", "LogitNormalFlow.s = 1.0",
-                  "generator/MLP.depth = 4")
+                  "generator/MLP.depth = 4", "OneStepGenerator.noise_scale = 1.0", "DistillationTrainer.fake_steps = 5",
+                  "TrainingLoop.steps = 2000", "DistillationTrainer.lr_final = 0.05", "DistillationTrainer.ema_decay = 0.99")
     assert fgm.fields.parameterization == "velocity"
     assert same_training(fgm, uid)
 
