@@ -402,13 +402,15 @@ def eval_argv(source: Path, out: Path, s: Setup, clf: Path, samples: int, seed: 
 
 def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds: float, samples: int,
              curve_samples: int, eval_every: int, lr: float, fake_steps: int, warmup: int,
-             inception_weights: Optional[Path], jobs: int = 1, steps: int = 0, compile_mode: str = "off") -> dict:
+             inception_weights: Optional[Path], jobs: int = 1, steps: int = 0, compile_mode: str = "off",
+             first_stage: Optional[str] = None) -> dict:
     """Run one cell with one seed; its record (rc != 0 and "error" when a phase failed).
 
     The budget is ``steps`` generator steps when > 0 (no time limit), else ``seconds`` of training time.
     ``jobs`` is recorded: how many cells shared the device at once (a time budget's step counts depend on it).
     ``compile_mode`` "off" runs the networks eagerly, else ``torch.compile``s them in that mode
-    ("reduce-overhead": CUDA graphs).
+    ("reduce-overhead": CUDA graphs). ``first_stage`` is the cell ``realuid-ft`` starts from (None: the best
+    first stage in the results on this budget).
     """
     budget = budget_name(steps, seconds)
     name = f"{cell.name}-s{seed}"
@@ -430,7 +432,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
                       compile_mode=compile_mode)
         method, offset = list(cell.method), {"steps": 0, "wall_time": 0.0}
         if cell.name == "realuid-ft":
-            best = best_first_stage(data, classifier_of(record), budget)
+            best = (first_stage, None) if first_stage else best_first_stage(data, classifier_of(record), budget)
             if best is None:
                 return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
                         f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)} first"}
@@ -514,6 +516,8 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                                                 "after the start (0: no deadline)"),
          jobs: int = typer.Option(1, help="cells run at once on the device (each record says how many shared it)"),
          redo: bool = typer.Option(False, "--redo", help="run cells already in the results again (replacing them)"),
+         first_stage: Optional[str] = typer.Option(None, help="the first-stage cell realuid-ft starts from (default: "
+                                                              "the one with the lowest mean FD in the results)"),
          inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID (torch-"
                                                                      "fidelity) of each cell"),
          classifier_epochs: int = typer.Option(8, help="epochs of the FD classifier when it is trained"),
@@ -536,6 +540,12 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
         raise typer.BadParameter(f"--steps {steps} is above the loop's largest step count {MAX_STEPS:,}",
                                  param_hint="--steps")
     check_compile_mode(compile_mode)
+    if first_stage is not None and "realuid-ft" not in {c.name for c in chosen}:
+        raise typer.BadParameter(f"--first-stage {first_stage} is only for the realuid-ft cell, which is not among "
+                                 "the cells run: add realuid-ft or drop the option", param_hint="--first-stage")
+    if first_stage is not None and not parse_cell(first_stage).is_first_stage:
+        raise typer.BadParameter(f"{first_stage} is not a first-stage RealUID cell; give one of "
+                                 f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)}", param_hint="--first-stage")
     if inception_weights is not None and not inception_weights.is_file():
         raise typer.BadParameter(f"the Inception weights file {inception_weights} does not exist; give the file "
                                  "torch-fidelity reads (weights-inception-2015-12-05-6726825d.pth) or drop the option",
@@ -569,7 +579,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
     pending.sort(key=lambda item: item[0].name == "realuid-ft")   # after every first stage it may start from
     options = dict(seconds=seconds, samples=samples, curve_samples=curve_samples, eval_every=eval_every, lr=lr,
                    fake_steps=fake_steps, warmup=warmup, inception_weights=inception_weights, jobs=jobs, steps=steps,
-                   compile_mode=compile_mode)
+                   compile_mode=compile_mode, first_stage=first_stage)
     running: dict[Future, tuple[Cell, int]] = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:   # threads: each cell's work is in its own subprocesses
         while pending or running:

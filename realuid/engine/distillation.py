@@ -108,7 +108,10 @@ class DistillationTrainer(Trainer):
         self._check_shapes()
         self.fake_loss = FakeModelLoss(self.fake, self.objective, self.fields).to(device, dtype)
         self.objective_modules = self.fake_loss.heads
-        loop.prepare(self.generator.network, self.fake.network, getattr(self.teacher, "network", None))
+        # the objective's heads too: a GAN head on the fake U-Net's encoder runs that encoder in its own forward,
+        # which would otherwise stay eager beside the compiled networks (UID + GAN ran at half speed)
+        loop.prepare(self.generator.network, self.fake.network, getattr(self.teacher, "network", None),
+                     *self.objective_modules)
         self.ema = EMA(self.generator, self.ema_decay)   # before sharding: an FSDP module cannot be copied
         # Under FSDP every module called on its own is a sharded unit; under DDP the updates go through
         # DDP-wrapped modules (gradients averaged over ranks) and frozen uses call the plain ones.

@@ -24,7 +24,8 @@ from realuid.engine.teacher_training import MatchingTrainer
 from realuid.networks.mlp import MLP
 from realuid.paths import RectifiedFlow
 
-RECIPES = ("gin/uid_fm_gmm.gin", "gin/realuid_fm_gmm.gin", "gin/sid_vp_gmm.gin", "gin/dmd_kl_vp_gmm.gin")
+RECIPES = ("gin/uid_fm_gmm.gin", "gin/realuid_fm_gmm.gin", "gin/sid_vp_gmm.gin", "gin/dmd_kl_vp_gmm.gin",
+           "gin/uid_gan_fm_gmm.gin")
 BINDS = ["TrainingLoop.dtype = 'float64'", "TrainingLoop.batch_size = 64", "TrainingLoop.steps = 3",
          "TrainingLoop.eval_samples = 64", "TrainingLoop.tensorboard = False", "DistillationTrainer.fake_steps = 2",
          "MLP.hidden = 32"]
@@ -35,18 +36,19 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 
 
 def two_steps(recipe: str, tmp_path, compile_: bool, seed: int = 0) -> dict:
-    """Losses of two distillation steps, then every weight and gradient of generator and fake model."""
+    """Losses of two distillation steps, then every weight and gradient of generator, fake model and heads."""
     loop, _ = build(recipe, [*BINDS, f"TrainingLoop.compile = {compile_}"], out=tmp_path / f"run{compile_}{seed}",
                     seed=seed, progress=False)
     trainer = loop.trainer
-    compiled = [getattr(m, "_compiled_call_impl", None) is not None for m in (trainer.generator.network,
-                                                                            trainer.fake.network)]
-    assert compiled == [compile_, compile_]   # the networks really are compiled (or really not)
+    networks = (trainer.generator.network, trainer.fake.network, *trainer.objective_modules)
+    compiled = [getattr(m, "_compiled_call_impl", None) is not None for m in networks]
+    assert compiled == [compile_] * len(networks)   # the networks (and a GAN's head) really are compiled, or not
     out = {}
     for step in range(2):
         for key, value in trainer.train_step().items():
             out[f"{step}/{key}"] = float(value)
-    for role, module in (("generator", trainer.generator), ("fake", trainer.fake)):
+    heads = [(f"head{i}", m) for i, m in enumerate(trainer.objective_modules)]
+    for role, module in (("generator", trainer.generator), ("fake", trainer.fake), *heads):
         for name, p in module.named_parameters():
             name = name.replace("_orig_mod.", "")   # compiled modules keep their parameter names; be sure
             out[f"{role}/{name}"] = p.detach().clone()

@@ -101,6 +101,8 @@ def test_cell_names_parse_and_unknown_ones_list_the_cells():
     (["cell", "uid", "--steps", "-1"], "--steps -1 is below 0"),
     (["cell", "uid", "--steps", "100000000"], "above the loop's largest step count"),
     (["cell", "uid", "--compile-mode", "fast"], "--compile-mode 'fast' is not off or one of default"),
+    (["cell", "realuid-ft", "--first-stage", "uid"], "uid is not a first-stage RealUID cell; give one of realuid-"),
+    (["cell", "uid", "--first-stage", "realuid-0.92-0.94"], "is only for the realuid-ft cell"),
 ])
 def test_bad_options_say_what_and_how_to_fix(args, message, tmp_path):
     result = CliRunner().invoke(cifar_table.app, [*args, "--work", str(tmp_path)] if args[0] == "cell" else args)
