@@ -17,6 +17,9 @@ uid-gan                UID + GAN, the paper's baseline (``gin/uid_gan_fm_cifar.g
 realuid-ft             RealUID fine-tuning (``gin/realuid_ft_fm_cifar.gin``, (0.92, 0.86), lr / 10, fake
                        model from the teacher) of the best first-stage RealUID cell found in the results
                        (lowest mean FD), from that cell's generator of the same seed
+uid-ft                 its control: the same second stage (same start, lr / 10, fresh fake model, steps)
+                       with alpha = beta = 1, i.e. UID without real data: what fine-tuning buys beyond
+                       more steps at a lower lr from a fresh fake model
 =====================  ==========================================================================
 
 Every distillation trains for ``--seconds`` of training time (``TrainingLoop.time_limit``: evaluations
@@ -37,7 +40,7 @@ panels; teacher cells as horizontal lines).
 ``--redo``), and stops cleanly before a cell whose expected duration (its earlier records', or a default
 from ``--seconds`` and ``--samples``) would run past ``--deadline`` seconds after the command started, so
 that a machine's call limit never kills a cell half-way. The first-stage RealUID cells keep their EMA
-generator in bfloat16 (``WORK/generators/CELL-sSEED/``, a checkpoint file ``realuid-ft`` starts from).
+generator in bfloat16 (``WORK/generators/CELL-sSEED/``, a checkpoint file the second stages start from).
 
 Classifier FD is the Frechet distance in the features of the project's own CIFAR-10 classifier
 (``tools/train_fd_classifier.py``, trained into ``--classifier`` when missing): comparable across the
@@ -85,6 +88,7 @@ class Cell:
     method: tuple[str, ...] = ()
     alpha: float | None = None
     beta: float | None = None
+    second_stage: bool = False   # starts from a kept first-stage generator (realuid-ft and its control)
 
     @property
     def is_teacher(self) -> bool:
@@ -93,7 +97,7 @@ class Cell:
     @property
     def is_first_stage(self) -> bool:
         """A RealUID run whose generator a fine-tuning cell may start from."""
-        return self.name.startswith("realuid-") and self.name != "realuid-ft"
+        return self.name.startswith("realuid-") and not self.second_stage
 
 
 def _realuid_cell(alpha: float, beta: float) -> Cell:
@@ -107,8 +111,11 @@ CELLS: dict[str, Cell] = {c.name: c for c in [
     *(_realuid_cell(a, b) for a, b in REALUID_POINTS),
     Cell("uid-gan", "UID + GAN (head on the fake encoder)", recipe="gin/uid_gan_fm_cifar.gin", alpha=1.0, beta=1.0),
     Cell("realuid-ft", f"RealUID + fine-tuning ({FT_POINT[0]:g}, {FT_POINT[1]:g})",
-         recipe="gin/realuid_ft_fm_cifar.gin", alpha=FT_POINT[0], beta=FT_POINT[1]),
+         recipe="gin/realuid_ft_fm_cifar.gin", alpha=FT_POINT[0], beta=FT_POINT[1], second_stage=True),
+    Cell("uid-ft", "UID continuation (realuid-ft's control: alpha = beta = 1)", recipe="gin/realuid_ft_fm_cifar.gin",
+         method=("RealUID.alpha = 1.0", "RealUID.beta = 1.0"), alpha=1.0, beta=1.0, second_stage=True),
 ]}
+SECOND_STAGES = [c for c in CELLS if CELLS[c].second_stage]
 
 
 def parse_cell(name: str) -> Cell:
@@ -409,7 +416,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
     The budget is ``steps`` generator steps when > 0 (no time limit), else ``seconds`` of training time.
     ``jobs`` is recorded: how many cells shared the device at once (a time budget's step counts depend on it).
     ``compile_mode`` "off" runs the networks eagerly, else ``torch.compile``s them in that mode
-    ("reduce-overhead": CUDA graphs). ``first_stage`` is the cell ``realuid-ft`` starts from (None: the best
+    ("reduce-overhead": CUDA graphs). ``first_stage`` is the cell a second stage starts from (None: the best
     first stage in the results on this budget).
     """
     budget = budget_name(steps, seconds)
@@ -431,7 +438,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
                       fake_steps=fake_steps, warmup=warmup, eval_every=eval_every, curve_samples=curve_samples,
                       compile_mode=compile_mode)
         method, offset = list(cell.method), {"steps": 0, "wall_time": 0.0}
-        if cell.name == "realuid-ft":
+        if cell.second_stage:
             best = (first_stage, None) if first_stage else best_first_stage(data, classifier_of(record), budget)
             if best is None:
                 return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
@@ -516,7 +523,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                                                 "after the start (0: no deadline)"),
          jobs: int = typer.Option(1, help="cells run at once on the device (each record says how many shared it)"),
          redo: bool = typer.Option(False, "--redo", help="run cells already in the results again (replacing them)"),
-         first_stage: Optional[str] = typer.Option(None, help="the first-stage cell realuid-ft starts from (default: "
+         first_stage: Optional[str] = typer.Option(None, help="the first-stage cell the second stages start from (default: "
                                                               "the one with the lowest mean FD in the results)"),
          inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID (torch-"
                                                                      "fidelity) of each cell"),
@@ -540,9 +547,10 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
         raise typer.BadParameter(f"--steps {steps} is above the loop's largest step count {MAX_STEPS:,}",
                                  param_hint="--steps")
     check_compile_mode(compile_mode)
-    if first_stage is not None and "realuid-ft" not in {c.name for c in chosen}:
-        raise typer.BadParameter(f"--first-stage {first_stage} is only for the realuid-ft cell, which is not among "
-                                 "the cells run: add realuid-ft or drop the option", param_hint="--first-stage")
+    if first_stage is not None and not any(c.second_stage for c in chosen):
+        raise typer.BadParameter(f"--first-stage {first_stage} is only for the second-stage cells "
+                                 f"({', '.join(SECOND_STAGES)}), none of which is among the cells run: add one or "
+                                 "drop the option", param_hint="--first-stage")
     if first_stage is not None and not parse_cell(first_stage).is_first_stage:
         raise typer.BadParameter(f"{first_stage} is not a first-stage RealUID cell; give one of "
                                  f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)}", param_hint="--first-stage")
@@ -576,7 +584,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                           "(--redo runs it again)")
         else:
             pending.append((c, sd))
-    pending.sort(key=lambda item: item[0].name == "realuid-ft")   # after every first stage it may start from
+    pending.sort(key=lambda item: item[0].second_stage)   # after every first stage they may start from
     options = dict(seconds=seconds, samples=samples, curve_samples=curve_samples, eval_every=eval_every, lr=lr,
                    fake_steps=fake_steps, warmup=warmup, inception_weights=inception_weights, jobs=jobs, steps=steps,
                    compile_mode=compile_mode, first_stage=first_stage)
@@ -585,7 +593,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
         while pending or running:
             while pending and len(running) < jobs:
                 c, sd = pending[0]
-                waits_for_first_stage = c.name == "realuid-ft" and any(
+                waits_for_first_stage = c.second_stage and any(
                     x.is_first_stage for x, _ in [*running.values(), *pending[1:]])
                 if waits_for_first_stage:   # fine-tuning starts from the best first stage: all of them first
                     break
@@ -651,7 +659,7 @@ def finish(name: str = typer.Argument(..., help="the cell whose training ended b
 
     started = time.perf_counter()
     c = parse_cell(name)
-    if c.is_teacher or c.name == "realuid-ft":
+    if c.is_teacher or c.second_stage:
         raise typer.BadParameter(f"{name} is not a first-stage distillation cell", param_hint="NAME")
     if not generator.is_file():
         raise typer.BadParameter(f"{generator} is not a file (give a checkpoint step_*.pt)", param_hint="--generator")

@@ -66,7 +66,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   WORK=${WORK:-runs/cifar_table}
   [ ${#CELLS[@]} -gt 0 ] || CELLS=(teacher-nfe1 teacher-nfe2 teacher-nfe10 teacher-nfe100 uid realuid-0.92-0.94
-                                   realuid-0.94-0.96 realuid-0.96-0.94 realuid-0.94-0.94 uid-gan realuid-ft)
+                                   realuid-0.94-0.96 realuid-0.96-0.94 realuid-0.94-0.94 uid-gan realuid-ft uid-ft)
   SEEDS=${SEEDS:-"0 1"}
 fi
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-150}; SAMPLES=${SAMPLES:-10000}; TEACHER_SECONDS=${TEACHER_SECONDS:-420}

@@ -86,7 +86,10 @@ def test_cell_names_parse_and_unknown_ones_list_the_cells():
     assert cifar_table.parse_cell("teacher-nfe100").nfe == 100
     assert cifar_table.parse_cell("realuid-0.9-0.95").method == ("RealUID.alpha = 0.9", "RealUID.beta = 0.95")
     assert cifar_table.parse_cell("realuid-0.94-0.94").is_first_stage
-    assert not cifar_table.parse_cell("realuid-ft").is_first_stage
+    assert not cifar_table.parse_cell("realuid-ft").is_first_stage and cifar_table.parse_cell("realuid-ft").second_stage
+    control = cifar_table.parse_cell("uid-ft")   # realuid-ft's recipe and start, without real data
+    assert control.second_stage and not control.is_first_stage and control.recipe == "gin/realuid_ft_fm_cifar.gin"
+    assert control.method == ("RealUID.alpha = 1.0", "RealUID.beta = 1.0")
     for bad in ("uid_gan", "realuid-1.2-0.9", "teacher-nfe3", "realuid-a-b"):
         with pytest.raises(typer.BadParameter, match="unknown cell .*cells are teacher-nfe1"):
             cifar_table.parse_cell(bad)
@@ -102,7 +105,7 @@ def test_cell_names_parse_and_unknown_ones_list_the_cells():
     (["cell", "uid", "--steps", "100000000"], "above the loop's largest step count"),
     (["cell", "uid", "--compile-mode", "fast"], "--compile-mode 'fast' is not off or one of default"),
     (["cell", "realuid-ft", "--first-stage", "uid"], "uid is not a first-stage RealUID cell; give one of realuid-"),
-    (["cell", "uid", "--first-stage", "realuid-0.92-0.94"], "is only for the realuid-ft cell"),
+    (["cell", "uid", "--first-stage", "realuid-0.92-0.94"], "is only for the second-stage cells (realuid-ft, uid-ft)"),
 ])
 def test_bad_options_say_what_and_how_to_fix(args, message, tmp_path):
     result = CliRunner().invoke(cifar_table.app, [*args, "--work", str(tmp_path)] if args[0] == "cell" else args)
@@ -179,6 +182,20 @@ def test_a_step_budget_makes_a_table_of_its_own_and_finish_records_a_cut_off_cel
     finished = [r for r in json.loads(results.read_text())["cells"] if r["seed"] == 5]
     assert len(finished) == 1 and finished[0]["rc"] == 0 and finished[0]["finished_from"] == str(kept[0])
     assert finished[0]["budget"] == "3 steps" and finished[0]["fd_classifier"] >= 0 and finished[0]["note"] == "test"
+
+    # both second stages start from the same kept generator; the control differs only in alpha = beta = 1
+    second = tool("cell", "uid-ft", "realuid-ft", "--smoke", "--work", str(work), "--results", str(results),
+                  "--steps", "3", "--first-stage", "realuid-0.92-0.94")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    stages = {r["cell"]: r for r in json.loads(results.read_text())["cells"]
+              if r["cell"] in ("uid-ft", "realuid-ft") and r.get("budget") == "3 steps"}
+    assert set(stages) == {"uid-ft", "realuid-ft"} and all(r["rc"] == 0 for r in stages.values())
+    for name, r in stages.items():
+        assert r["first_stage"] == "realuid-0.92-0.94" and r["offset"]["steps"] == 3 and r["steps"] == 3
+        train = next(c for c in r["commands"] if "realuid run" in c)
+        assert "gin/realuid_ft_fm_cifar.gin" in train and f"{kept[0].parent.name}/{kept[0].name}" in train
+        assert ("RealUID.alpha = 1.0" in train) == (name == "uid-ft")
+    assert "uid-ft (from realuid-0.92-0.94)" in " ".join(second.stdout.split())
 
 
 def test_budget_bindings_come_after_the_time_limit_and_replace_it():
