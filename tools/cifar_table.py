@@ -523,8 +523,9 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                                                 "after the start (0: no deadline)"),
          jobs: int = typer.Option(1, help="cells run at once on the device (each record says how many shared it)"),
          redo: bool = typer.Option(False, "--redo", help="run cells already in the results again (replacing them)"),
-         first_stage: Optional[str] = typer.Option(None, help="the first-stage cell the second stages start from (default: "
-                                                              "the one with the lowest mean FD in the results)"),
+         first_stage: Optional[str] = typer.Option(None, help="the first-stage cell the second stages start from "
+                                                              "(default: the one with the lowest mean FD in the "
+                                                              "results)"),
          inception_weights: Optional[Path] = typer.Option(None, help="Inception-v3 weights: also the FID (torch-"
                                                                      "fidelity) of each cell"),
          classifier_epochs: int = typer.Option(8, help="epochs of the FD classifier when it is trained"),
