@@ -96,7 +96,7 @@ class Cell:
 
     @property
     def is_first_stage(self) -> bool:
-        """A RealUID run whose generator a fine-tuning cell may start from."""
+        """A RealUID run whose generator a second-stage cell may start from."""
         return self.name.startswith("realuid-") and not self.second_stage
 
 
@@ -115,6 +115,7 @@ CELLS: dict[str, Cell] = {c.name: c for c in [
     Cell("uid-ft", "UID continuation (realuid-ft's control: alpha = beta = 1)", recipe="gin/realuid_ft_fm_cifar.gin",
          method=("RealUID.alpha = 1.0", "RealUID.beta = 1.0"), alpha=1.0, beta=1.0, second_stage=True),
 ]}
+FIRST_STAGES = [c for c in CELLS if CELLS[c].is_first_stage]
 SECOND_STAGES = [c for c in CELLS if CELLS[c].second_stage]
 
 
@@ -442,7 +443,7 @@ def run_cell(cell: Cell, seed: int, s: Setup, clf: Path, data: dict, *, seconds:
             best = (first_stage, None) if first_stage else best_first_stage(data, classifier_of(record), budget)
             if best is None:
                 return {**record, "rc": 1, "error": "no first-stage RealUID cell in the results: run one of "
-                        f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)} first"}
+                        f"{', '.join(FIRST_STAGES)} first"}
             first = done(data, classifier_of(record), budget).get((best[0], seed))
             kept = kept_generator(s.work, best[0], seed, budget)
             files = sorted(kept.glob("step_*.pt")) if kept.is_dir() else []
@@ -554,7 +555,7 @@ def cell(cells: List[str] = typer.Argument(..., help="cells to run in order: " +
                                  "drop the option", param_hint="--first-stage")
     if first_stage is not None and not parse_cell(first_stage).is_first_stage:
         raise typer.BadParameter(f"{first_stage} is not a first-stage RealUID cell; give one of "
-                                 f"{', '.join(c for c in CELLS if CELLS[c].is_first_stage)}", param_hint="--first-stage")
+                                 f"{', '.join(FIRST_STAGES)}", param_hint="--first-stage")
     if inception_weights is not None and not inception_weights.is_file():
         raise typer.BadParameter(f"the Inception weights file {inception_weights} does not exist; give the file "
                                  "torch-fidelity reads (weights-inception-2015-12-05-6726825d.pth) or drop the option",
